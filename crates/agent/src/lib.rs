@@ -1,0 +1,1 @@
+//! Composition of the agent: config, state, control API.

@@ -1,0 +1,1 @@
+//! Finds the MCP servers configured in every MCP client on this machine.

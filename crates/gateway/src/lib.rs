@@ -1,0 +1,1 @@
+//! Serves exposed MCP servers over Streamable HTTP.
