@@ -1,1 +1,40 @@
-//! Finds the MCP servers configured in every MCP client on this machine.
+//! # airlock-discovery
+//!
+//! Finds every MCP server configured on this machine, reading each client's config the way
+//! that client does, and (optionally) MCP servers already listening on loopback.
+//!
+//! This crate owns: the list of clients and where they keep their configs (Linux/XDG, macOS
+//! and Windows conventions, selected by [`Os`] so all are testable anywhere), tolerant parsing
+//! (JSON with comments/trailing commas, TOML, YAML), `${VAR}` placeholder expansion, server
+//! identity and merging, live file watching, and the loopback probe. It never executes
+//! anything it finds.
+//!
+//! Layout:
+//! - [`model`]: public data types ([`Snapshot`], [`DiscoveredServer`], [`TransportSpec`], …)
+//! - `paths`: per-client, per-OS candidate file locations
+//! - `parse`: JSONC / TOML / YAML readers with line/column diagnostics
+//! - `expand`: `${VAR}`, `${VAR:-default}`, `${env:VAR}`, `${workspaceFolder}`, `${input:id}`
+//! - `clients`: each client's entry shapes → [`TransportSpec`]
+//! - `identity`: normalized launch identity, stable 12-hex ids, merging into servers
+//! - `scan`: [`scan`], one synchronous pass over all candidates
+//! - `watch`: [`watch`] / [`Watcher`], notify-based live rescans
+//! - `probe`: [`probe_running`], loopback-only MCP probe
+
+mod clients;
+mod expand;
+mod identity;
+pub mod model;
+mod parse;
+mod paths;
+mod probe;
+mod scan;
+mod watch;
+
+pub use identity::server_id;
+pub use model::{
+    ClientKind, Diagnostic, DiscoveredServer, DiscoveryEnv, Os, REDACTED, Scope, Snapshot, Source,
+    TransportSpec,
+};
+pub use probe::{ProbeOptions, probe_running};
+pub use scan::scan;
+pub use watch::{DiscoveryError, Watcher, watch};
