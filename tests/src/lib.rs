@@ -27,6 +27,8 @@ pub mod proxy;
 
 /// How long to wait for `airlock up` to report `ready: true` (a loaded 2-core machine).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// `config.toml` written for agents whose test did not write one.
+pub const DEFAULT_TEST_CONFIG: &str = "[discovery]\nprobe_running = false\n";
 /// Default bound for one CLI invocation.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -428,6 +430,13 @@ impl TestHome {
         p
     }
 
+    /// Writes `$AIRLOCK_HOME/config.toml`.
+    pub fn write_airlock_config(&self, contents: &str) -> PathBuf {
+        let p = self.airlock_home().join("config.toml");
+        fs::write(&p, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
+        p
+    }
+
     /// Recursively copies the contents of `src` into `HOME`.
     pub fn copy_into_home(&self, src: &Path) {
         copy_tree(src, &self.home());
@@ -529,7 +538,14 @@ impl Agent {
     }
 
     /// Like [`Agent::start`] with extra `airlock up` arguments.
+    ///
+    /// Unless the test wrote its own `config.toml`, the agent gets one with
+    /// `probe_running = false`: tests run in parallel and must not discover each other's
+    /// loopback servers.
     pub fn start_with_args(home: TestHome, extra: &[&str]) -> Self {
+        if !home.airlock_home().join("config.toml").exists() {
+            home.write_airlock_config(DEFAULT_TEST_CONFIG);
+        }
         let gateway_port = free_port();
         let stderr_path = home.scratch().join("agent.stderr.log");
         let stdout_path = home.scratch().join("agent.stdout.log");
