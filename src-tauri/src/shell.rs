@@ -110,8 +110,20 @@ fn on_menu_event<R: Runtime>(app: &AppHandle<R>, event: MenuEvent) {
         Some(MenuAction::Open) => show_main_window(app),
         Some(MenuAction::Quit) => app.exit(0),
         Some(action @ MenuAction::ToggleServer(_)) => {
-            // Wired to the agent's control API by the full tray.
+            // Wired to the agent's control API by the full tray. GTK flips a
+            // check item's mark on click; redraw from the known state so the
+            // menu never shows a change that did not happen.
             eprintln!("airlock-tray: {action}: not available in the shell yet");
+            if let Some(tray_menu) = app.try_state::<TrayMenu<R>>() {
+                let state = tray_menu
+                    .state
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .clone();
+                if let Err(err) = apply_state(app, state) {
+                    eprintln!("airlock-tray: cannot refresh the tray menu: {err}");
+                }
+            }
         }
         None => {}
     }
