@@ -1,1 +1,256 @@
-//! Composition of the agent: config, state, control API.
+//! The Airlock agent: the composition of discovery, the gateway and the control API, shared by `airlock up` and the
+//! tray app.
+//!
+//! Layout:
+//! - [`config`]: `config.toml`, the user's intent, edited atomically without losing comments;
+//! - [`home`]: the layout of `AIRLOCK_HOME` and the 0600 runtime file (`run/agent.json`);
+//! - [`state`]: live state — discovered servers, exposure, and `reconcile`, which makes the gateway match them;
+//! - [`api`]: the local control API (token + Host + Origin checks) and its event stream;
+//! - [`client`]: the control API client the CLI and tray use to talk to a running agent.
+//!
+//! [`run`] starts everything and returns after a graceful shutdown.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod home;
+pub mod state;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_discovery::{DiscoveryEnv, ProbeOptions, Snapshot};
+use airlock_gateway::{BearerToken, Gateway, GatewayOptions};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use error::AgentError;
+pub use home::{AirlockHome, RuntimeInfo};
+pub use state::{AgentState, Event};
+
+/// How often running loopback servers are probed again.
+const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub home: AirlockHome,
+    /// Overrides (and persists) the loopback gateway port.
+    pub gateway_port: Option<u16>,
+    /// Where discovery looks; `None` = this process's HOME and environment.
+    pub discovery_env: Option<DiscoveryEnv>,
+}
+
+/// Runs the agent until `shutdown` is cancelled, then drains: in-flight requests finish, children are stopped.
+pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let home = opts.home.clone();
+    home.ensure_dirs()?;
+    if let Some(info) = home.read_runtime()
+        && info.pid != std::process::id()
+        && home::pid_alive(info.pid)
+    {
+        return Err(AgentError::AlreadyRunning {
+            home: home.root().to_path_buf(),
+            pid: info.pid,
+        });
+    }
+    let mut config = config::load(&home.config_path())?;
+    let gateway_token = home.gateway_token()?;
+
+    // The gateway port is chosen once and kept, so URLs handed to clients survive restarts.
+    let wanted_port = opts.gateway_port.or(config.gateway.port).unwrap_or(0);
+    let gateway_listener = bind(wanted_port).await?;
+    let gateway_port = gateway_listener
+        .local_addr()
+        .map_err(|e| AgentError::Invalid(e.to_string()))?
+        .port();
+    if config.gateway.port != Some(gateway_port) {
+        config = config::update(
+            &home.config_path(),
+            config::Edit::SetGatewayPort(gateway_port),
+        )?;
+    }
+    let api_listener = bind(0).await?;
+    let api_port = api_listener
+        .local_addr()
+        .map_err(|e| AgentError::Invalid(e.to_string()))?
+        .port();
+
+    let mut discovery_env = opts
+        .discovery_env
+        .unwrap_or_else(DiscoveryEnv::from_process);
+    discovery_env
+        .project_dirs
+        .extend(config.discovery.project_dirs.iter().cloned());
+    let initial = tokio::task::spawn_blocking({
+        let env = discovery_env.clone();
+        move || airlock_discovery::scan(&env)
+    })
+    .await
+    .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    tracing::info!(
+        servers = initial.servers.len(),
+        diagnostics = initial.diagnostics.len(),
+        "discovery scan done"
+    );
+    for d in &initial.diagnostics {
+        tracing::warn!(file = %d.path.display(), line = ?d.line, "{}", d.message);
+    }
+    let (snapshot_tx, snapshot_rx) = watch::channel::<Arc<Snapshot>>(Arc::new(initial));
+    let _watcher = match airlock_discovery::watch(discovery_env, snapshot_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "config files will not be watched; restart the agent to see changes");
+            None
+        }
+    };
+
+    let gateway = Gateway::new(GatewayOptions::default());
+    let probe_running = config.discovery.probe_running;
+    let state = Arc::new(AgentState::new(
+        home.clone(),
+        config,
+        gateway.clone(),
+        gateway_port,
+        gateway_token.clone(),
+        snapshot_rx.clone(),
+    ));
+    let _ = state.api_port.set(api_port);
+
+    let tasks = tokio_util::task::TaskTracker::new();
+    let stop_tasks = shutdown.child_token();
+
+    // Gateway ingress on loopback.
+    let ingress_stop = CancellationToken::new();
+    let ingress = tokio::spawn(airlock_gateway::serve_loopback(
+        gateway.clone(),
+        gateway_listener,
+        Arc::new(BearerToken::new(gateway_token)),
+        ingress_stop.clone(),
+    ));
+
+    // Control API.
+    let api_token = home::random_token();
+    let app = api::router(state.clone(), api_token.clone(), api_port);
+    let api_stop = shutdown.clone();
+    let api_server = tokio::spawn(async move {
+        axum::serve(api_listener, app)
+            .with_graceful_shutdown(async move { api_stop.cancelled().await })
+            .await
+    });
+
+    // Re-reconcile whenever discovery changes; forward gateway health to the event stream.
+    tasks.spawn(watch_discovery(
+        state.clone(),
+        snapshot_rx,
+        stop_tasks.clone(),
+    ));
+    tasks.spawn(forward_health(state.clone(), stop_tasks.clone()));
+    if probe_running {
+        tasks.spawn(probe_loop(
+            state.clone(),
+            vec![gateway_port, api_port],
+            stop_tasks.clone(),
+        ));
+    }
+
+    state.reconcile().await;
+    home.write_runtime(&RuntimeInfo {
+        pid: std::process::id(),
+        api_url: format!("http://127.0.0.1:{api_port}"),
+        token: api_token,
+    })?;
+    state.set_ready();
+    tracing::info!(
+        gateway = %state.gateway_url(),
+        api = %format!("http://127.0.0.1:{api_port}"),
+        home = %home.root().display(),
+        "airlock is ready"
+    );
+    for view in state.servers().iter().filter(|s| s.exposed) {
+        if let Some(url) = &view.url {
+            tracing::info!(server = %view.name, %url, "exposed");
+        }
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: draining requests and stopping servers");
+    stop_tasks.cancel();
+    tasks.close();
+    let _ = api_server.await;
+    gateway.shutdown().await;
+    ingress_stop.cancel();
+    let _ = ingress.await;
+    tasks.wait().await;
+    home.remove_runtime(std::process::id());
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(port: u16) -> Result<TcpListener, AgentError> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+async fn watch_discovery(
+    state: Arc<AgentState>,
+    mut rx: watch::Receiver<Arc<Snapshot>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let snapshot = rx.borrow_and_update().clone();
+                tracing::info!(servers = snapshot.servers.len(), diagnostics = snapshot.diagnostics.len(), "discovery changed");
+                state.reconcile().await;
+                state.emit(Event::ServersChanged);
+            }
+        }
+    }
+}
+
+async fn forward_health(state: Arc<AgentState>, stop: CancellationToken) {
+    let mut rx = state.gateway.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            msg = rx.recv() => match msg {
+                Ok(status) => state.emit(Event::Health(status)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => state.emit(Event::ServersChanged),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+async fn probe_loop(state: Arc<AgentState>, own_ports: Vec<u16>, stop: CancellationToken) {
+    let opts = ProbeOptions {
+        exclude_ports: own_ports,
+        ..ProbeOptions::default()
+    };
+    loop {
+        let found = tokio::select! {
+            _ = stop.cancelled() => return,
+            found = airlock_discovery::probe_running(&opts) => found,
+        };
+        if state.set_running(found) {
+            state.reconcile().await;
+            state.emit(Event::ServersChanged);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+        }
+    }
+}

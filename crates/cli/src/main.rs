@@ -1,1 +1,470 @@
-fn main() {}
+//! `airlock`: the headless agent (`airlock up`) and the commands that talk to it through the control API.
+//!
+//! Exit codes: 0 success, 1 runtime error (agent not running, unknown server, refused request), 2 usage error (bad
+//! flags, ambiguous server reference, confirmation needed but no terminal).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use airlock_agent::client::{ClientError, ControlClient};
+use airlock_agent::{AgentOptions, AirlockHome};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "airlock",
+    version,
+    about = "Expose the MCP servers on this machine to cloud agents, safely."
+)]
+struct Cli {
+    /// State directory (config, runtime file, secrets). Default: the OS config dir + `airlock`.
+    #[arg(long, env = "AIRLOCK_HOME", global = true)]
+    home: Option<PathBuf>,
+    /// Log format of `airlock up` (logs go to stderr; RUST_LOG filters them).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent in the foreground until SIGINT/SIGTERM.
+    Up {
+        /// Loopback port of the local gateway (persisted in config.toml).
+        #[arg(long)]
+        gateway_port: Option<u16>,
+    },
+    /// Show whether the agent runs and is ready.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List discovered MCP servers and config diagnostics.
+    Servers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve a server through the gateway (shows the exact command first).
+    Expose {
+        /// Server id, unique id prefix, name or hostname.
+        server: String,
+        /// Hostname label (a-z, 0-9, '-'); defaults to a slug of the server's name.
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop serving a server.
+    Unexpose {
+        server: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the URL (and credential) of an exposed server.
+    Url {
+        server: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Api {
+                status: 409, body, ..
+            } if body.get("candidates").is_some() => 2,
+            _ => 1,
+        };
+        let mut message = e.to_string();
+        if let ClientError::Api { body, .. } = &e
+            && let Some(c) = body.get("candidates").and_then(Value::as_array)
+        {
+            for candidate in c.iter().filter_map(Value::as_str) {
+                message.push_str(&format!("\n  {candidate}"));
+            }
+        }
+        Failure { code, message }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure {
+            code: 1,
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("airlock: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("airlock: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let home = AirlockHome::resolve(cli.home.clone()).map_err(anyhow::Error::from)?;
+    match cli.command {
+        Command::Up { gateway_port } => up(home, gateway_port, cli.log_format).await,
+        Command::Status { json } => status(&home, json).await,
+        Command::Servers { json } => servers(&home, json).await,
+        Command::Expose {
+            server,
+            hostname,
+            yes,
+            json,
+        } => expose(&home, &server, hostname, yes, json).await,
+        Command::Unexpose { server, json } => {
+            let client = ControlClient::connect(&home)?;
+            let view = client
+                .post(
+                    &format!("/v1/servers/{}/unexpose", enc(&server)),
+                    &json!({}),
+                )
+                .await?;
+            if json {
+                print_json(&view);
+            } else {
+                println!("{} is no longer exposed", str_of(&view, "name"));
+            }
+            Ok(())
+        }
+        Command::Url { server, json } => {
+            let client = ControlClient::connect(&home)?;
+            let info = client
+                .get(&format!("/v1/servers/{}/url", enc(&server)))
+                .await?;
+            if json {
+                print_json(&info);
+            } else {
+                println!("{}", str_of(&info, "url"));
+                println!("Authorization: Bearer {}", str_of(&info, "bearer_token"));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn up(
+    home: AirlockHome,
+    gateway_port: Option<u16>,
+    format: LogFormat,
+) -> Result<(), Failure> {
+    init_logging(format);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    let opts = AgentOptions {
+        home,
+        gateway_port,
+        discovery_env: None,
+    };
+    airlock_agent::run(opts, shutdown)
+        .await
+        .map_err(|e| Failure {
+            code: 1,
+            message: e.to_string(),
+        })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}
+
+async fn status(home: &AirlockHome, json: bool) -> Result<(), Failure> {
+    let client = match ControlClient::connect(home) {
+        Ok(c) => c,
+        Err(e @ ClientError::NotRunning { .. }) => {
+            if json {
+                print_json(&json!({ "running": false, "ready": false }));
+            }
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status = client.get("/v1/status").await?;
+    if json {
+        print_json(&status);
+        return Ok(());
+    }
+    let ready = status
+        .get("ready")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    println!(
+        "airlock {} — {} (pid {})",
+        str_of(&status, "version"),
+        if ready { "ready" } else { "starting" },
+        status.get("pid").and_then(Value::as_u64).unwrap_or(0)
+    );
+    println!("  home      {}", str_of(&status, "home"));
+    println!(
+        "  gateway   {}",
+        status
+            .pointer("/gateway/url")
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+    );
+    println!(
+        "  servers   {} discovered, {} exposed",
+        status
+            .pointer("/servers/discovered")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        status
+            .pointer("/servers/exposed")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    );
+    let diags = status
+        .get("diagnostics")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if diags > 0 {
+        println!("  problems  {diags} config file(s) could not be read — see `airlock servers`");
+    }
+    Ok(())
+}
+
+async fn servers(home: &AirlockHome, json: bool) -> Result<(), Failure> {
+    let client = ControlClient::connect(home)?;
+    let list = client.get("/v1/servers").await?;
+    if json {
+        print_json(&list);
+        return Ok(());
+    }
+    let servers = list
+        .get("servers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if servers.is_empty() {
+        println!("No MCP servers found in any client's config.");
+    }
+    for s in &servers {
+        let sources: Vec<String> = s
+            .get("sources")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|src| str_of(src, "client").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let state = if s.get("exposed").and_then(Value::as_bool).unwrap_or(false) {
+            format!("exposed at {}", str_of(s, "url"))
+        } else if s.get("exposable").and_then(Value::as_bool).unwrap_or(false) {
+            "not exposed".to_string()
+        } else {
+            format!("not exposable: {}", str_of(s, "not_exposable_reason"))
+        };
+        println!(
+            "{:<24} {}  [{}]",
+            str_of(s, "name"),
+            str_of(s, "id"),
+            sources.join(", ")
+        );
+        println!(
+            "    {}",
+            describe_transport(s.get("transport").unwrap_or(&Value::Null))
+        );
+        println!("    {state}");
+    }
+    if let Some(diags) = list.get("diagnostics").and_then(Value::as_array)
+        && !diags.is_empty()
+    {
+        println!("\nConfig files with problems:");
+        for d in diags {
+            let line = d
+                .get("line")
+                .and_then(Value::as_u64)
+                .map(|l| format!(":{l}"))
+                .unwrap_or_default();
+            println!(
+                "  {}{line} ({}): {}",
+                str_of(d, "path"),
+                str_of(d, "client"),
+                str_of(d, "message")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn describe_transport(t: &Value) -> String {
+    match str_of(t, "type") {
+        "stdio" => {
+            let mut parts = vec![shell_quote(str_of(t, "command"))];
+            if let Some(args) = t.get("args").and_then(Value::as_array) {
+                parts.extend(args.iter().filter_map(Value::as_str).map(shell_quote));
+            }
+            let mut line = parts.join(" ");
+            if let Some(cwd) = t.get("cwd").and_then(Value::as_str) {
+                line = format!("(in {cwd}) {line}");
+            }
+            if let Some(env) = t.get("env").and_then(Value::as_object)
+                && !env.is_empty()
+            {
+                let keys: Vec<&str> = env.keys().map(String::as_str).collect();
+                line.push_str(&format!("   env: {}", keys.join(", ")));
+            }
+            line
+        }
+        kind => format!("{kind} {}", str_of(t, "url")),
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+async fn expose(
+    home: &AirlockHome,
+    server: &str,
+    hostname: Option<String>,
+    yes: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let client = ControlClient::connect(home)?;
+    let view = client.get(&format!("/v1/servers/{}", enc(server))).await?;
+    let id = str_of(&view, "id").to_string();
+    // Show exactly what will run before it runs.
+    let what = describe_transport(view.get("transport").unwrap_or(&Value::Null));
+    if !json || !yes {
+        eprintln!("{} ({id}) will run:\n    {what}", str_of(&view, "name"));
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(Failure {
+                code: 2,
+                message: "confirmation needed: re-run with --yes to expose without a prompt".into(),
+            });
+        }
+        eprint!("Expose it? [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            return Err(Failure {
+                code: 1,
+                message: "not exposed".into(),
+            });
+        }
+    }
+    let body = match hostname {
+        Some(h) => json!({ "hostname": h }),
+        None => json!({}),
+    };
+    let exposed = client
+        .post(&format!("/v1/servers/{id}/expose"), &body)
+        .await?;
+    if json {
+        print_json(&exposed);
+    } else {
+        println!(
+            "{} is exposed at {}",
+            str_of(&exposed, "name"),
+            str_of(&exposed, "url")
+        );
+        println!("Credential: `airlock url {id}` prints the bearer token to send.");
+    }
+    Ok(())
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn print_json(v: &Value) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(_) => println!("{v}"),
+    }
+}
+
+/// Percent-encodes a server reference for use as one path segment.
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,328 @@
+//! The local control API: HTTP + JSON on 127.0.0.1, used by the CLI, the web UI and the tray.
+//!
+//! Every request must carry the bearer token from the 0600 runtime file, a `Host` naming this listener by loopback
+//! address (a DNS-rebinding page resolves its own name to 127.0.0.1 but cannot change `Host`), and either no `Origin`
+//! or this listener's own origin (no cross-site calls from web pages). The reference is `docs/control-api.md`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::error::AgentError;
+use crate::state::{AgentState, LookupError, ServerView};
+
+#[derive(Clone)]
+struct Api {
+    state: Arc<AgentState>,
+    token: Arc<str>,
+    port: u16,
+}
+
+pub fn router(state: Arc<AgentState>, token: String, port: u16) -> Router {
+    let api = Api {
+        state,
+        token: token.into(),
+        port,
+    };
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/servers", get(servers))
+        .route("/v1/servers/{reference}", get(server))
+        .route("/v1/servers/{reference}/expose", post(expose))
+        .route("/v1/servers/{reference}/unexpose", post(unexpose))
+        .route("/v1/servers/{reference}/url", get(url))
+        .route("/v1/events", get(events))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(api.clone(), guard))
+        .with_state(api)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    ApiError::new(status, message).into_response()
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see docs/control-api.md",
+    )
+}
+
+/// Host, Origin and token checks, in that order, before any handler runs.
+async fn guard(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if !host_allowed(headers, api.port) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "Host header must name this loopback listener",
+        );
+    }
+    if !origin_allowed(headers, api.port) {
+        return error(StatusCode::FORBIDDEN, "cross-origin requests are refused");
+    }
+    if !token_ok(headers, &api.token) {
+        let mut resp = error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (the token is in run/agent.json under AIRLOCK_HOME)",
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
+    next.run(request).await
+}
+
+pub(crate) fn host_allowed(headers: &HeaderMap, port: u16) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let host = host.to_ascii_lowercase();
+    host == format!("127.0.0.1:{port}") || host == format!("localhost:{port}")
+}
+
+pub(crate) fn origin_allowed(headers: &HeaderMap, port: u16) -> bool {
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    let Some(origin) = origins.next() else {
+        return true;
+    };
+    if origins.next().is_some() {
+        return false;
+    }
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.to_ascii_lowercase();
+    origin == format!("http://127.0.0.1:{port}") || origin == format!("http://localhost:{port}")
+}
+
+fn token_ok(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(presented) = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+    else {
+        return false;
+    };
+    bool::from(presented.trim().as_bytes().ct_eq(token.as_bytes()))
+}
+
+async fn status(State(api): State<Api>) -> Response {
+    let state = &api.state;
+    let servers = state.servers();
+    let config = state.config();
+    Json(json!({
+        "running": true,
+        "ready": state.is_ready(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "home": state.home.root(),
+        "config_path": state.home.config_path(),
+        "api_url": format!("http://127.0.0.1:{}", api.port),
+        "gateway": { "url": state.gateway_url() },
+        "servers": {
+            "discovered": servers.len(),
+            "exposed": servers.iter().filter(|s| s.exposed).count(),
+            "configured_exposed": config.servers.values().filter(|s| s.exposed).count(),
+        },
+        "diagnostics": state.diagnostics().len(),
+    }))
+    .into_response()
+}
+
+async fn servers(State(api): State<Api>) -> Response {
+    Json(json!({
+        "servers": api.state.servers(),
+        "diagnostics": api.state.diagnostics(),
+    }))
+    .into_response()
+}
+
+/// An error answer: status + JSON body (`error`, and `candidates` for ambiguous references).
+struct ApiError(StatusCode, serde_json::Value);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self(status, json!({ "error": message.into() }))
+    }
+}
+
+fn lookup(api: &Api, reference: &str) -> Result<ServerView, ApiError> {
+    api.state.lookup(reference).map_err(|e| match e {
+        LookupError::NotFound(r) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no server matches `{r}`; `airlock servers` lists them"),
+        ),
+        LookupError::Ambiguous(candidates) => ApiError(
+            StatusCode::CONFLICT,
+            json!({
+                "error": format!("`{reference}` matches several servers; use an id"),
+                "candidates": candidates,
+            }),
+        ),
+    })
+}
+
+async fn server(
+    State(api): State<Api>,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(lookup(&api, &reference)?).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExposeBody {
+    hostname: Option<String>,
+}
+
+async fn expose(
+    State(api): State<Api>,
+    Path(reference): Path<String>,
+    body: Option<Json<ExposeBody>>,
+) -> Result<Response, ApiError> {
+    let view = lookup(&api, &reference)?;
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    match api.state.expose(&view.id, body.hostname.as_deref()).await {
+        Ok(view) => Ok(Json(view).into_response()),
+        Err(e @ AgentError::Invalid(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e.to_string(),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
+    }
+}
+
+async fn unexpose(
+    State(api): State<Api>,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    let view = lookup(&api, &reference)?;
+    api.state
+        .unexpose(&view.id)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(lookup(&api, &view.id)?).into_response())
+}
+
+async fn url(State(api): State<Api>, Path(reference): Path<String>) -> Result<Response, ApiError> {
+    let view = lookup(&api, &reference)?;
+    let Some(url) = view.url.clone() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{} is not exposed; run `airlock expose {}` first",
+                view.name, view.id
+            ),
+        ));
+    };
+    Ok(Json(json!({
+        "id": view.id,
+        "name": view.name,
+        "hostname": view.hostname,
+        "url": url,
+        "bearer_token": api.state.gateway_token,
+    }))
+    .into_response())
+}
+
+async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let stream = BroadcastStream::new(api.state.subscribe()).filter_map(|item| {
+        // A lagging subscriber skips events; `servers_changed` makes it refetch anyway.
+        let event = item.ok()?;
+        let data = serde_json::to_string(&event).ok()?;
+        Some(Ok(SseEvent::default().data(data)))
+    });
+    let hello = tokio_stream::once(Ok(SseEvent::default().data(r#"{"type":"hello"}"#)));
+    Sse::new(hello.chain(stream)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn host_must_be_this_loopback_listener() {
+        assert!(host_allowed(&headers(&[("host", "127.0.0.1:4000")]), 4000));
+        assert!(host_allowed(&headers(&[("host", "LOCALHOST:4000")]), 4000));
+        assert!(!host_allowed(&headers(&[("host", "127.0.0.1:4001")]), 4000));
+        assert!(!host_allowed(
+            &headers(&[("host", "evil.example:4000")]),
+            4000
+        ));
+        assert!(!host_allowed(&headers(&[]), 4000));
+    }
+
+    #[test]
+    fn origin_absent_or_same_origin() {
+        assert!(origin_allowed(&headers(&[]), 4000));
+        assert!(origin_allowed(
+            &headers(&[("origin", "http://127.0.0.1:4000")]),
+            4000
+        ));
+        assert!(!origin_allowed(
+            &headers(&[("origin", "https://evil.example")]),
+            4000
+        ));
+        assert!(!origin_allowed(&headers(&[("origin", "null")]), 4000));
+        assert!(!origin_allowed(
+            &headers(&[("origin", "http://127.0.0.1:4000"), ("origin", "http://x")]),
+            4000
+        ));
+    }
+
+    #[test]
+    fn token_is_checked_exactly() {
+        assert!(token_ok(
+            &headers(&[("authorization", "Bearer abc")]),
+            "abc"
+        ));
+        assert!(!token_ok(
+            &headers(&[("authorization", "Bearer abd")]),
+            "abc"
+        ));
+        assert!(!token_ok(
+            &headers(&[("authorization", "Basic abc")]),
+            "abc"
+        ));
+        assert!(!token_ok(&headers(&[]), "abc"));
+    }
+}

@@ -1,0 +1,319 @@
+//! `config.toml`: the user's intent (which servers are exposed, under which hostname, gateway port, discovery knobs).
+//!
+//! The file is human-editable. Airlock edits it through `toml_edit` so comments and ordering survive, and every write
+//! is atomic (temp file in the same directory, fsync, rename). A file that does not parse is reported with its path and
+//! line and is never overwritten: the agent refuses to start rather than lose what the user wrote.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::AgentError;
+
+const HEADER: &str = "\
+# Airlock configuration.
+# Written by `airlock expose` / `airlock unexpose` and the UI; safe to edit by hand (comments are kept).
+# A server is keyed by its id: a hash of its command, arguments and working directory (or its URL),
+# so renaming it in an MCP client does not change it, and changing what it runs un-exposes it.
+";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+    /// Keyed by server id.
+    #[serde(default)]
+    pub servers: BTreeMap<String, ServerConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Loopback port of the local gateway. Chosen once at first start, then kept so URLs stay stable.
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Look for MCP servers already listening on loopback ports of this user.
+    #[serde(default = "yes")]
+    pub probe_running: bool,
+    /// Extra project directories whose `.mcp.json`, `.cursor/`, `.vscode/`… files are read.
+    #[serde(default)]
+    pub project_dirs: Vec<PathBuf>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            probe_running: true,
+            project_dirs: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// For humans reading the file; the id is what identifies the server.
+    #[serde(default)]
+    pub name: String,
+    pub hostname: String,
+    #[serde(default = "yes")]
+    pub exposed: bool,
+}
+
+/// Reads the config. A missing file is an empty config; a malformed one is an error naming file, line and column.
+pub fn load(path: &Path) -> Result<Config, AgentError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+        Err(e) => return Err(AgentError::io(path, e)),
+    };
+    parse(path, &text)
+}
+
+fn parse(path: &Path, text: &str) -> Result<Config, AgentError> {
+    toml::from_str::<Config>(text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map(|span| line_col(text, span.start))
+            .unwrap_or((0, 0));
+        AgentError::Config {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().to_string(),
+        }
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+/// An edit applied to the file's syntax tree, so hand-written comments and layout are preserved.
+pub enum Edit<'a> {
+    SetGatewayPort(u16),
+    Expose {
+        id: &'a str,
+        name: &'a str,
+        hostname: &'a str,
+    },
+    Unexpose {
+        id: &'a str,
+    },
+}
+
+/// Applies `edit` to the file atomically and returns the new config. Refuses to touch a file that does not parse.
+pub fn update(path: &Path, edit: Edit<'_>) -> Result<Config, AgentError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HEADER.to_string(),
+        Err(e) => return Err(AgentError::io(path, e)),
+    };
+    // Validate first with the typed parser: its errors carry the line, and a broken file is never rewritten.
+    parse(path, &text)?;
+    let mut doc: toml_edit::DocumentMut =
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| AgentError::Config {
+                path: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: e.message().to_string(),
+            })?;
+    match edit {
+        Edit::SetGatewayPort(port) => {
+            let gateway = table(&mut doc, "gateway", path)?;
+            gateway["port"] = toml_edit::value(i64::from(port));
+        }
+        Edit::Expose { id, name, hostname } => {
+            let servers = table(&mut doc, "servers", path)?;
+            servers.set_implicit(true);
+            if !servers.contains_key(id) {
+                servers.insert(id, toml_edit::Item::Table(toml_edit::Table::new()));
+            }
+            let entry = servers[id].as_table_mut().ok_or_else(|| {
+                AgentError::Invalid(format!(
+                    "[servers.{id}] in {} is not a table",
+                    path.display()
+                ))
+            })?;
+            entry["name"] = toml_edit::value(name);
+            entry["hostname"] = toml_edit::value(hostname);
+            entry["exposed"] = toml_edit::value(true);
+        }
+        Edit::Unexpose { id } => {
+            if let Some(entry) = doc
+                .get_mut("servers")
+                .and_then(|s| s.as_table_mut())
+                .and_then(|s| s.get_mut(id))
+                .and_then(|e| e.as_table_mut())
+            {
+                // Keep the entry (and its hostname) so re-exposing gets the same URL.
+                entry["exposed"] = toml_edit::value(false);
+            }
+        }
+    }
+    let new_text = doc.to_string();
+    let config = parse(path, &new_text)?;
+    write_atomic(path, new_text.as_bytes(), 0o644)?;
+    Ok(config)
+}
+
+fn table<'d>(
+    doc: &'d mut toml_edit::DocumentMut,
+    key: &str,
+    path: &Path,
+) -> Result<&'d mut toml_edit::Table, AgentError> {
+    let item = doc.as_table_mut().entry(key).or_insert(toml_edit::table());
+    if let Some(inline) = item.as_inline_table().cloned() {
+        *item = toml_edit::Item::Table(inline.into_table());
+    }
+    item.as_table_mut().ok_or_else(|| {
+        AgentError::Invalid(format!("`{key}` in {} must be a table", path.display()))
+    })
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AgentError> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".airlock-")
+        .tempfile_in(dir)
+        .map_err(|e| AgentError::io(dir, e))?;
+    set_mode(tmp.path(), mode)?;
+    tmp.write_all(bytes)
+        .map_err(|e| AgentError::io(tmp.path(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| AgentError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| AgentError::io(path, e.error))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> Result<(), AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| AgentError::io(path, e))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> Result<(), AgentError> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_is_empty_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = load(&dir.path().join("config.toml")).unwrap();
+        assert_eq!(cfg, Config::default());
+        assert!(cfg.discovery.probe_running);
+    }
+
+    #[test]
+    fn malformed_file_names_file_and_line_and_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let text = "[gateway]\nport = 1234\n\n[servers.abc]\nhostname = \n";
+        fs::write(&path, text).unwrap();
+        let err = load(&path).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("config.toml"), "{msg}");
+        assert!(msg.contains(":5:"), "line 5 expected in {msg}");
+        let err = update(&path, Edit::SetGatewayPort(9)).unwrap_err();
+        assert!(matches!(err, AgentError::Config { line: 5, .. }));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            text,
+            "file must be untouched"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_not_silently_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        fs::write(&path, "[gateway]\nprot = 1\n").unwrap();
+        assert!(matches!(
+            load(&path),
+            Err(AgentError::Config { line: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn edits_keep_comments_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        fs::write(
+            &path,
+            "# my note\n[discovery]\nprobe_running = false # keep quiet\n",
+        )
+        .unwrap();
+        update(&path, Edit::SetGatewayPort(4242)).unwrap();
+        update(
+            &path,
+            Edit::Expose {
+                id: "0123456789ab",
+                name: "everything",
+                hostname: "everything",
+            },
+        )
+        .unwrap();
+        let cfg = update(&path, Edit::Unexpose { id: "0123456789ab" }).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("# my note"));
+        assert!(text.contains("# keep quiet"));
+        assert_eq!(cfg.gateway.port, Some(4242));
+        assert!(!cfg.discovery.probe_running);
+        let server = &cfg.servers["0123456789ab"];
+        assert_eq!(server.hostname, "everything");
+        assert!(!server.exposed);
+        assert_eq!(load(&path).unwrap(), cfg);
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        write_atomic(&path, b"a = 1\n", 0o600).unwrap();
+        write_atomic(&path, b"a = 2\n", 0o600).unwrap();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("config.toml")]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+    }
+}
