@@ -400,6 +400,12 @@ impl TestHome {
             .prefix("airlock-e2e-")
             .tempdir()
             .expect("cannot create a temp dir");
+        let mut dir = dir;
+        if std::env::var_os("AIRLOCK_E2E_KEEP").is_some() {
+            // Debugging aid: keep homes, logs and tool output after the test.
+            dir.disable_cleanup(true);
+            eprintln!("AIRLOCK_E2E_KEEP: keeping {}", dir.path().display());
+        }
         fs::create_dir_all(dir.path().join("home")).expect("cannot create temp HOME");
         fs::create_dir_all(dir.path().join("airlock")).expect("cannot create temp AIRLOCK_HOME");
         Self { dir }
@@ -715,7 +721,7 @@ impl Agent {
                 .as_str()
                 .unwrap_or_else(|| panic!("`airlock url` has no bearer_token: {v}"))
                 .to_string(),
-            expose_stdout: out.stdout,
+            expose_output: format!("{}{}", out.stdout, out.stderr),
             url_json: v,
         }
     }
@@ -758,8 +764,8 @@ pub struct Exposed {
     pub url: String,
     /// Gateway bearer token.
     pub token: String,
-    /// What `airlock expose` printed.
-    pub expose_stdout: String,
+    /// What `airlock expose` printed (stdout followed by stderr).
+    pub expose_output: String,
     /// The full `airlock url --json` document.
     pub url_json: Value,
 }

@@ -31,10 +31,17 @@ pub struct AuthProxy {
 }
 
 impl AuthProxy {
-    /// Starts a proxy forwarding to `upstream` (e.g. the gateway's 127.0.0.1:PORT).
+    /// Starts a proxy on 127.0.0.1 (random port) forwarding to `upstream`.
     pub fn start(upstream: SocketAddr, token: &str) -> Self {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), upstream, token)
+            .unwrap_or_else(|e| panic!("auth proxy failed to start: {e}"))
+    }
+
+    /// Starts a proxy listening on `bind` forwarding to `upstream`; `Err` when it cannot
+    /// listen there.
+    pub fn start_on(bind: SocketAddr, upstream: SocketAddr, token: &str) -> Result<Self, String> {
         let auth = HeaderValue::from_str(&format!("Bearer {token}"))
-            .unwrap_or_else(|e| panic!("token is not a valid header value: {e}"));
+            .map_err(|e| format!("token is not a valid header value: {e}"))?;
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let thread = thread::spawn(move || {
@@ -49,18 +56,21 @@ impl AuthProxy {
                     return;
                 }
             };
-            rt.block_on(serve(upstream, auth, addr_tx, shutdown_rx));
+            rt.block_on(serve(bind, upstream, auth, addr_tx, shutdown_rx));
         });
         let addr = match addr_rx.recv() {
             Ok(Ok(addr)) => addr,
-            Ok(Err(e)) => panic!("auth proxy failed to start: {e}"),
-            Err(_) => panic!("auth proxy thread died before listening"),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => return Err("auth proxy thread died before listening".to_string()),
         };
-        Self {
+        Ok(Self {
             addr,
             shutdown: Some(shutdown_tx),
             thread: Some(thread),
-        }
+        })
     }
 
     /// `http://127.0.0.1:PORT` + `path`.
@@ -81,15 +91,16 @@ impl Drop for AuthProxy {
 }
 
 async fn serve(
+    bind: SocketAddr,
     upstream: SocketAddr,
     auth: HeaderValue,
     addr_tx: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
-    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+    let listener = match tokio::net::TcpListener::bind(bind).await {
         Ok(l) => l,
         Err(e) => {
-            let _ = addr_tx.send(Err(format!("bind: {e}")));
+            let _ = addr_tx.send(Err(format!("bind {bind}: {e}")));
             return;
         }
     };

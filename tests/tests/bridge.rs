@@ -116,10 +116,10 @@ fn discovered_stdio_servers_are_listed_with_their_claude_desktop_source() {
     assert_eq!(e.url_json["name"], "time", "{}", e.url_json);
     // expose shows the exact command that will run.
     assert!(
-        e.expose_stdout
+        e.expose_output
             .contains(venv_bin("mcp-server-time").to_string_lossy().as_ref()),
         "`airlock expose` must print the exact command; printed:\n{}",
-        e.expose_stdout
+        e.expose_output
     );
     let listed = agent.server_named("time").expect("time still listed");
     assert_eq!(listed["exposed"], true, "{listed}");
