@@ -210,13 +210,20 @@ impl FileCtx<'_> {
                 let parts = strings(&Value::Array(parts), "command")?;
                 return self.stdio_from(parts, env_v.as_ref(), obj).map(Some);
             }
-            Some(other) => return Err(format!("`command` must be a string, found {}", kind_of(&other))),
+            Some(other) => {
+                return Err(format!(
+                    "`command` must be a string, found {}",
+                    kind_of(&other)
+                ));
+            }
         };
 
         let url_keys: &[&str] = &["httpUrl", "serverUrl", "url", "uri"];
-        let url = url_keys
-            .iter()
-            .find_map(|k| obj.get(*k).and_then(Value::as_str).map(|u| (*k, u.to_string())));
+        let url = url_keys.iter().find_map(|k| {
+            obj.get(*k)
+                .and_then(Value::as_str)
+                .map(|u| (*k, u.to_string()))
+        });
 
         enum Kind {
             Stdio,
@@ -239,6 +246,10 @@ impl FileCtx<'_> {
                         (ClientKind::Gemini, "url") | (ClientKind::Cline, _) => Kind::Sse,
                         _ => Kind::Http,
                     }
+                } else if self.client == ClientKind::Continue && obj.contains_key("uses") {
+                    // A Continue Hub block reference (`uses: owner/block`): resolved online by
+                    // Continue, nothing local to launch.
+                    return Ok(None);
                 } else if self.client == ClientKind::Zed {
                     // Extension-provided context server: nothing to launch from the config.
                     return Ok(None);
@@ -264,7 +275,8 @@ impl FileCtx<'_> {
                 let Some((_, url)) = url else {
                     return Err("remote server without a `url`".to_string());
                 };
-                self.http_from(url, matches!(kind, Kind::Sse), obj).map(Some)
+                self.http_from(url, matches!(kind, Kind::Sse), obj)
+                    .map(Some)
             }
         }
     }
@@ -307,10 +319,12 @@ impl FileCtx<'_> {
             Some(other) => return Err(format!("`cwd` must be a string, found {}", kind_of(other))),
         };
         // Claude Code runs project-scoped servers in the project dir.
-        let cwd = cwd.or_else(|| match (self.client, self.scope, self.project.as_deref()) {
-            (ClientKind::ClaudeCode, Scope::Project, Some(p)) => Some(lexical_normalize(p)),
-            _ => None,
-        });
+        let cwd = cwd.or_else(
+            || match (self.client, self.scope, self.project.as_deref()) {
+                (ClientKind::ClaudeCode, Scope::Project, Some(p)) => Some(lexical_normalize(p)),
+                _ => None,
+            },
+        );
         let command = normalize_command(&command, cwd.as_deref().unwrap_or(base), &self.env.home);
         Ok((
             TransportSpec::Stdio {
@@ -402,11 +416,17 @@ fn strings(v: &Value, key: &str) -> Result<Vec<String>, String> {
             .iter()
             .map(|i| {
                 scalar_string(i).ok_or_else(|| {
-                    format!("`{key}` must be a list of strings, found {} in it", kind_of(i))
+                    format!(
+                        "`{key}` must be a list of strings, found {} in it",
+                        kind_of(i)
+                    )
                 })
             })
             .collect(),
-        other => Err(format!("`{key}` must be a list of strings, found {}", kind_of(other))),
+        other => Err(format!(
+            "`{key}` must be a list of strings, found {}",
+            kind_of(other)
+        )),
     }
 }
 
@@ -421,6 +441,9 @@ fn string_map(v: &Value, key: &str) -> Result<Vec<(String, String)>, String> {
                     .ok_or_else(|| format!("`{key}.{k}` must be a string, found {}", kind_of(v)))
             })
             .collect(),
-        other => Err(format!("`{key}` must be an object of strings, found {}", kind_of(other))),
+        other => Err(format!(
+            "`{key}` must be an object of strings, found {}",
+            kind_of(other)
+        )),
     }
 }

@@ -174,8 +174,14 @@ mod tests {
         assert_eq!(normalize_command(" npx ", base, home), "npx");
         assert_eq!(normalize_command("./bin/s", base, home), "/proj/bin/s");
         assert_eq!(normalize_command("~/s.sh", base, home), "/home/me/s.sh");
-        assert_eq!(normalize_command("/usr/bin/../bin/x", base, home), "/usr/bin/x");
-        assert_eq!(normalize_command("C:\\x\\y.exe", base, home), "C:\\x\\y.exe");
+        assert_eq!(
+            normalize_command("/usr/bin/../bin/x", base, home),
+            "/usr/bin/x"
+        );
+        assert_eq!(
+            normalize_command("C:\\x\\y.exe", base, home),
+            "C:\\x\\y.exe"
+        );
     }
 
     #[test]

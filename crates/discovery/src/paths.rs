@@ -85,8 +85,9 @@ fn claude_managed(env: &DiscoveryEnv) -> Option<PathBuf> {
     let dir = match env.os {
         Os::Linux => PathBuf::from("/etc/claude-code"),
         Os::MacOs => PathBuf::from("/Library/Application Support/ClaudeCode"),
-        Os::Windows => PathBuf::from(var(env, "ProgramData").or(var(env, "PROGRAMDATA"))?)
-            .join("ClaudeCode"),
+        Os::Windows => {
+            PathBuf::from(var(env, "ProgramData").or(var(env, "PROGRAMDATA"))?).join("ClaudeCode")
+        }
     };
     Some(dir.join("managed-mcp.json"))
 }
@@ -108,10 +109,8 @@ pub(crate) fn lexical_normalize(p: &Path) -> PathBuf {
         match c {
             Component::CurDir => {}
             Component::ParentDir => {
-                let popped = matches!(
-                    out.components().next_back(),
-                    Some(Component::Normal(_))
-                ) && out.pop();
+                let popped =
+                    matches!(out.components().next_back(), Some(Component::Normal(_))) && out.pop();
                 if !popped && !out.has_root() {
                     out.push("..");
                 }
@@ -165,7 +164,9 @@ pub(crate) fn user_candidates(env: &DiscoveryEnv) -> Vec<Candidate> {
     }
     push(
         K::Windsurf,
-        home.join(".codeium").join("windsurf").join("mcp_config.json"),
+        home.join(".codeium")
+            .join("windsurf")
+            .join("mcp_config.json"),
         Scope::User,
         L::McpServersMap,
     );
@@ -235,7 +236,11 @@ pub(crate) fn project_candidates(project: &Path) -> Vec<Candidate> {
             project.join(".cursor").join("mcp.json"),
             L::McpServersMap,
         ),
-        (K::Vscode, project.join(".vscode").join("mcp.json"), L::VscodeMcp),
+        (
+            K::Vscode,
+            project.join(".vscode").join("mcp.json"),
+            L::VscodeMcp,
+        ),
         (K::Zed, project.join(".zed").join("settings.json"), L::Zed),
         (
             K::Gemini,

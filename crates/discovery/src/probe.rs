@@ -117,7 +117,10 @@ pub async fn probe_running(opts: &ProbeOptions) -> Vec<DiscoveredServer> {
 
 /// Try one `http://127.0.0.1:port/path`: legacy `initialize`, then modern `server/discover`.
 async fn probe_endpoint(port: u16, path: &str, timeout: Duration) -> Option<Found> {
-    let url = format!("http://127.0.0.1:{port}{}", if path == "/" { "" } else { path });
+    let url = format!(
+        "http://127.0.0.1:{port}{}",
+        if path == "/" { "" } else { path }
+    );
     let init = json!({
         "jsonrpc": "2.0",
         "id": 1,
@@ -130,30 +133,33 @@ async fn probe_endpoint(port: u16, path: &str, timeout: Duration) -> Option<Foun
     });
     let legacy = tokio::time::timeout(
         timeout,
-        post(port, path, &init, &[("mcp-protocol-version", LEGACY_VERSION)]),
+        post(
+            port,
+            path,
+            &init,
+            &[("mcp-protocol-version", LEGACY_VERSION)],
+        ),
     )
     .await
     .ok()
     .flatten();
     let mut name = None;
     let mut is_mcp = false;
-    if let Some(resp) = legacy {
-        if let Some(n) = mcp_result(&resp.json, 1) {
-            is_mcp = true;
-            name = n;
-            if let Some(session) = resp.session {
-                let negotiated = resp
-                    .json
-                    .pointer("/result/protocolVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or(LEGACY_VERSION)
-                    .to_string();
-                let _ = tokio::time::timeout(
-                    timeout,
-                    delete_session(port, path, &session, &negotiated),
-                )
-                .await;
-            }
+    if let Some(resp) = legacy
+        && let Some(n) = mcp_result(&resp.json, 1)
+    {
+        is_mcp = true;
+        name = n;
+        if let Some(session) = resp.session {
+            let negotiated = resp
+                .json
+                .pointer("/result/protocolVersion")
+                .and_then(Value::as_str)
+                .unwrap_or(LEGACY_VERSION)
+                .to_string();
+            let _ =
+                tokio::time::timeout(timeout, delete_session(port, path, &session, &negotiated))
+                    .await;
         }
     }
     if !is_mcp {
@@ -262,7 +268,10 @@ fn request(
         .method(method)
         .uri(path)
         .header(header::HOST, format!("127.0.0.1:{port}"))
-        .header(header::USER_AGENT, concat!("airlock-probe/", env!("CARGO_PKG_VERSION")));
+        .header(
+            header::USER_AGENT,
+            concat!("airlock-probe/", env!("CARGO_PKG_VERSION")),
+        );
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -331,7 +340,10 @@ async fn delete_session(port: u16, path: &str, session: &str, version: &str) -> 
             Method::DELETE,
             port,
             path,
-            &[("mcp-session-id", session), ("mcp-protocol-version", version)],
+            &[
+                ("mcp-session-id", session),
+                ("mcp-protocol-version", version),
+            ],
             Bytes::new(),
         )?;
         let resp = sender.send_request(req).await.ok()?;
@@ -459,5 +471,17 @@ mod tests {
         assert_eq!(mcp_result(&other, 1), None);
         let modern = json!({"jsonrpc":"2.0","id":2,"result":{"supportedVersions":["2026-07-28"],"capabilities":{}}});
         assert_eq!(mcp_result(&modern, 2), Some(None));
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod linux_tests {
+    #[test]
+    fn own_listening_port_is_listed() -> std::io::Result<()> {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let port = l.local_addr()?.port();
+        assert!(super::listening_ports().contains(&port));
+        drop(l);
+        Ok(())
     }
 }

@@ -212,6 +212,10 @@ pub fn scan(env: &DiscoveryEnv) -> Snapshot {
         scanner.candidate(c);
     }
 
+    if let Some(doc) = &claude_doc {
+        apply_claude_approvals(doc, &mut scanner.found);
+    }
+
     let mut watched_paths = Vec::new();
     let mut seen_paths = HashSet::new();
     for c in &candidates {
@@ -234,5 +238,38 @@ pub fn scan(env: &DiscoveryEnv) -> Snapshot {
         servers: merge(scanner.found),
         diagnostics,
         watched_paths,
+    }
+}
+
+/// Claude Code records per-project decisions about `.mcp.json` servers in `~/.claude.json`
+/// (`projects[dir].disabledMcpjsonServers`, and `disabledMcpServers` for servers toggled off
+/// with `/mcp`). Mark those sources disabled.
+fn apply_claude_approvals(claude: &Value, found: &mut [Found]) {
+    let Some(projects) = claude.get("projects").and_then(Value::as_object) else {
+        return;
+    };
+    let names = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (dir, p) in projects {
+        let dir = lexical_normalize(Path::new(dir));
+        let mcp_json = dir.join(".mcp.json");
+        let mut off = names(p.get("disabledMcpjsonServers"));
+        off.extend(names(p.get("disabledMcpServers")));
+        if off.is_empty() {
+            continue;
+        }
+        for f in found.iter_mut() {
+            if f.client == ClientKind::ClaudeCode && f.path == mcp_json && off.contains(&f.name) {
+                f.disabled = true;
+            }
+        }
     }
 }

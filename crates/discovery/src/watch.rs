@@ -66,7 +66,11 @@ fn watch_dir_for(path: &Path) -> Option<PathBuf> {
 
 /// Make `watcher` watch exactly the directories needed for `snap`. Returns whether the set
 /// changed.
-fn rewatch(watcher: &mut RecommendedWatcher, current: &mut HashSet<PathBuf>, snap: &Snapshot) -> bool {
+fn rewatch(
+    watcher: &mut RecommendedWatcher,
+    current: &mut HashSet<PathBuf>,
+    snap: &Snapshot,
+) -> bool {
     let desired: HashSet<PathBuf> = snap
         .watched_paths
         .iter()

@@ -43,7 +43,9 @@ fn macos_paths() {
         format!("{h}/.gemini/settings.json"),
         format!("{h}/.config/goose/config.yaml"),
         format!("{h}/.continue/config.yaml"),
-        format!("{lib}/Code/User/globalStorage/saoudrizwan.claude-dev/settings/cline_mcp_settings.json"),
+        format!(
+            "{lib}/Code/User/globalStorage/saoudrizwan.claude-dev/settings/cline_mcp_settings.json"
+        ),
         format!("{h}/.cline/data/settings/cline_mcp_settings.json"),
         format!("{h}/.lmstudio/mcp.json"),
         format!("{h}/proj/.mcp.json"),
@@ -55,7 +57,10 @@ fn macos_paths() {
     ] {
         assert!(has(&w, &p), "missing {p} in {w:#?}");
     }
-    assert!(!w.iter().any(|p| p.starts_with(format!("{h}/.config/Claude"))));
+    assert!(
+        !w.iter()
+            .any(|p| p.starts_with(format!("{h}/.config/Claude")))
+    );
 }
 
 #[test]
@@ -65,7 +70,10 @@ fn windows_paths_with_and_without_appdata() {
     let w = watched(
         h,
         Os::Windows,
-        &[("APPDATA", appdata), ("ProgramData", "/nonexistent-airlock/win/ProgramData")],
+        &[
+            ("APPDATA", appdata),
+            ("ProgramData", "/nonexistent-airlock/win/ProgramData"),
+        ],
     );
     for p in [
         format!("{appdata}/Claude/claude_desktop_config.json"),
@@ -73,7 +81,9 @@ fn windows_paths_with_and_without_appdata() {
         format!("{appdata}/Code/User/mcp.json"),
         format!("{appdata}/Zed/settings.json"),
         format!("{appdata}/Block/goose/config/config.yaml"),
-        format!("{appdata}/Code/User/globalStorage/saoudrizwan.claude-dev/settings/cline_mcp_settings.json"),
+        format!(
+            "{appdata}/Code/User/globalStorage/saoudrizwan.claude-dev/settings/cline_mcp_settings.json"
+        ),
         format!("{h}/.cursor/mcp.json"),
         format!("{h}/.codeium/windsurf/mcp_config.json"),
         format!("{h}/.continue/config.yaml"),
@@ -82,8 +92,14 @@ fn windows_paths_with_and_without_appdata() {
         assert!(has(&w, &p), "missing {p} in {w:#?}");
     }
     let w = watched(h, Os::Windows, &[]);
-    assert!(has(&w, format!("{h}/AppData/Roaming/Claude/claude_desktop_config.json")));
-    assert!(has(&w, format!("{h}/AppData/Roaming/Block/goose/config/config.yaml")));
+    assert!(has(
+        &w,
+        format!("{h}/AppData/Roaming/Claude/claude_desktop_config.json")
+    ));
+    assert!(has(
+        &w,
+        format!("{h}/AppData/Roaming/Block/goose/config/config.yaml")
+    ));
     // Without ProgramData there is no managed path (never a relative "C:\..." path).
     assert!(w.iter().all(|p| p.is_absolute()), "{w:#?}");
 }
@@ -92,7 +108,10 @@ fn windows_paths_with_and_without_appdata() {
 fn linux_paths_respect_overrides() {
     let h = "/nonexistent-airlock/home/me";
     let w = watched(h, Os::Linux, &[]);
-    assert!(has(&w, format!("{h}/.config/Claude/claude_desktop_config.json")));
+    assert!(has(
+        &w,
+        format!("{h}/.config/Claude/claude_desktop_config.json")
+    ));
     assert!(has(&w, format!("{h}/.config/Code/User/mcp.json")));
     assert!(has(&w, format!("{h}/.config/zed/settings.json")));
     assert!(has(&w, format!("{h}/.config/goose/config.yaml")));
@@ -109,7 +128,10 @@ fn linux_paths_respect_overrides() {
             ("CODEX_HOME", "/nonexistent-airlock/codex"),
         ],
     );
-    assert!(has(&w, "/nonexistent-airlock/xdg/Claude/claude_desktop_config.json"));
+    assert!(has(
+        &w,
+        "/nonexistent-airlock/xdg/Claude/claude_desktop_config.json"
+    ));
     assert!(has(&w, "/nonexistent-airlock/xdg/Code/User/mcp.json"));
     assert!(has(&w, "/nonexistent-airlock/xdg/zed/settings.json"));
     assert!(has(&w, "/nonexistent-airlock/xdg/goose/config.yaml"));

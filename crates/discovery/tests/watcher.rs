@@ -76,7 +76,10 @@ async fn edits_and_new_directories_are_noticed() -> TestResult {
 
     let (tx, mut rx) = tw::channel(empty());
     let watcher = watch(env_for(&home), tx)?;
-    wait_for(&mut rx, "initial snapshot with `one`", |s| names(s) == ["one"]).await?;
+    wait_for(&mut rx, "initial snapshot with `one`", |s| {
+        names(s) == ["one"]
+    })
+    .await?;
 
     // Edit an existing file.
     write(
@@ -144,10 +147,7 @@ async fn edits_and_new_directories_are_noticed() -> TestResult {
     watcher.rescan_now();
     drop(watcher);
     // Dropping the watcher stops it: the sender is dropped and the channel closes.
-    let closed = tokio::time::timeout(BOUND, async {
-        while rx.changed().await.is_ok() {}
-    })
-    .await;
+    let closed = tokio::time::timeout(BOUND, async { while rx.changed().await.is_ok() {} }).await;
     assert!(closed.is_ok(), "watcher kept running after drop");
     Ok(())
 }

@@ -32,5 +32,8 @@ pub fn install_fixture(dest: &Path) -> std::io::Result<()> {
     copy_dir(&fixture_src(), dest)?;
     let cj = dest.join(".claude.json");
     let text = std::fs::read_to_string(&cj)?;
-    std::fs::write(&cj, text.replace(HOME_PLACEHOLDER, &dest.display().to_string()))
+    std::fs::write(
+        &cj,
+        text.replace(HOME_PLACEHOLDER, &dest.display().to_string()),
+    )
 }
