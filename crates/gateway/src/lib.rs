@@ -1,1 +1,448 @@
 //! Serves exposed MCP servers over Streamable HTTP.
+//!
+//! Layout:
+//! - [`bridge`] (private): the stdio bridge. A supervisor task per exposed stdio server spawns ONE
+//!   shared child process, probes its protocol era with rmcp's lifecycle probe (`server/discover`,
+//!   falling back to `initialize`), restarts it with jittered exponential backoff when it dies, and
+//!   stops it (stdin close → SIGTERM → SIGKILL) on unexpose/shutdown. The HTTP side is rmcp's
+//!   `StreamableHttpService` (both protocol eras: legacy sessions and 2026-07-28 stateless POSTs)
+//!   driving a proxy `ServerHandler` that forwards every client request through an rmcp client
+//!   `Peer<RoleClient>` to the child, so JSON-RPC ids towards the child are assigned by the bridge.
+//!   Server→client traffic is routed back: progress by progress token, other notifications and
+//!   server requests by the in-flight request that caused them, list_changed to every session.
+//! - [`http_proxy`] (private): reverse proxy for MCP servers already listening on loopback/private
+//!   addresses (streaming bodies, credentials and hop-by-hop headers stripped).
+//! - [`ingress`]: who may call and how connections arrive — the [`Authorizer`] trait,
+//!   [`BearerToken`], the loopback ingress [`serve_loopback`] (`/<slug>/...` routing, Host/Origin
+//!   checks) and [`serve_connection`] for any byte stream.
+//!
+//! [`Gateway`] ties them together: a registry of routes, their health ([`RouteStatus`]) and a
+//! per-route HTTP entry point ([`Gateway::handle`]).
+
+mod bridge;
+mod http_proxy;
+pub mod ingress;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+pub use ingress::{AuthError, Authorizer, BearerToken, serve_connection, serve_loopback};
+
+/// What a route forwards to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamSpec {
+    /// A stdio MCP server, spawned and bridged to Streamable HTTP (served at `/mcp`).
+    Stdio {
+        command: String,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: Option<PathBuf>,
+    },
+    /// An MCP server already listening over HTTP on a loopback or private address.
+    Http { url: String },
+}
+
+/// One exposed server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub id: String,
+    /// DNS label (`[a-z0-9-]`, 1–63 chars, no leading/trailing `-`); unique across routes.
+    pub slug: String,
+    pub upstream: UpstreamSpec,
+}
+
+/// Tunables; see [`GatewayOptions::default`].
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    /// First restart delay after a child dies (doubles per failure, with jitter).
+    pub restart_initial: Duration,
+    /// Cap for the restart delay.
+    pub restart_max: Duration,
+    /// How long shutdown waits for in-flight requests before stopping children.
+    pub drain_timeout: Duration,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            restart_initial: Duration::from_millis(200),
+            restart_max: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(5),
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Errors from [`Gateway::expose`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    #[error(
+        "invalid slug `{0}`: use 1-63 lowercase letters, digits or `-`, not starting or ending with `-`"
+    )]
+    InvalidSlug(String),
+    #[error("slug `{slug}` is already used by route `{other_id}`; pick a different slug")]
+    SlugInUse { slug: String, other_id: String },
+    #[error("route id must not be empty")]
+    EmptyId,
+    #[error("stdio route `{0}` has an empty command")]
+    EmptyCommand(String),
+    #[error("refusing upstream URL `{url}`: {reason}")]
+    UpstreamRefused { url: String, reason: String },
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// Health of one route, as reported by [`Gateway::routes`] and [`Gateway::subscribe`].
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteStatus {
+    pub id: String,
+    pub slug: String,
+    pub health: Health,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Health {
+    /// The child is being spawned and its era probed.
+    Starting,
+    /// The child answered the lifecycle probe; `era` is its protocol version.
+    Ready {
+        era: String,
+        pid: Option<u32>,
+    },
+    /// The child died or failed to start; the next attempt is scheduled.
+    Restarting {
+        attempt: u32,
+        retry_in_ms: u64,
+        last_error: String,
+    },
+    /// An HTTP upstream (reverse proxied, not supervised).
+    Proxy {
+        url: String,
+    },
+    Stopped,
+}
+
+enum RouteKind {
+    Stdio(Arc<bridge::Bridge>),
+    Http(Arc<http_proxy::HttpUpstream>),
+}
+
+struct RouteEntry {
+    id: String,
+    slug: String,
+    kind: RouteKind,
+    health: Arc<std::sync::Mutex<Health>>,
+}
+
+impl RouteEntry {
+    fn status(&self) -> RouteStatus {
+        RouteStatus {
+            id: self.id.clone(),
+            slug: self.slug.clone(),
+            health: lock(&self.health).clone(),
+        }
+    }
+}
+
+struct Inner {
+    opts: GatewayOptions,
+    routes: RwLock<HashMap<String, Arc<RouteEntry>>>,
+    status_tx: broadcast::Sender<RouteStatus>,
+    shutting_down: std::sync::atomic::AtomicBool,
+    http_client: http_proxy::Client,
+}
+
+/// The gateway: a registry of exposed routes. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn valid_slug(slug: &str) -> bool {
+    !slug.is_empty()
+        && slug.len() <= 63
+        && !slug.starts_with('-')
+        && !slug.ends_with('-')
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Reports health changes of one route: stores the latest and broadcasts it.
+#[derive(Clone)]
+pub(crate) struct StatusReporter {
+    id: String,
+    slug: String,
+    health: Arc<std::sync::Mutex<Health>>,
+    tx: broadcast::Sender<RouteStatus>,
+}
+
+impl StatusReporter {
+    pub(crate) fn set(&self, health: Health) {
+        {
+            let mut h = lock(&self.health);
+            if *h == health {
+                return;
+            }
+            *h = health.clone();
+        }
+        // No receivers is fine.
+        let _ = self.tx.send(RouteStatus {
+            id: self.id.clone(),
+            slug: self.slug.clone(),
+            health,
+        });
+    }
+}
+
+impl Gateway {
+    pub fn new(opts: GatewayOptions) -> Self {
+        let (status_tx, _) = broadcast::channel(256);
+        Self {
+            inner: Arc::new(Inner {
+                opts,
+                routes: RwLock::new(HashMap::new()),
+                status_tx,
+                shutting_down: std::sync::atomic::AtomicBool::new(false),
+                http_client: http_proxy::client(),
+            }),
+        }
+    }
+
+    pub(crate) fn options(&self) -> &GatewayOptions {
+        &self.inner.opts
+    }
+
+    fn read_routes(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<RouteEntry>>> {
+        self.inner
+            .routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_routes(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<RouteEntry>>> {
+        self.inner
+            .routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Exposes `route` (replacing an existing route with the same id, whose child is stopped).
+    /// A stdio child is started in the background; watch [`Gateway::subscribe`] for readiness.
+    pub async fn expose(&self, route: Route) -> Result<(), GatewayError> {
+        if self
+            .inner
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(GatewayError::ShuttingDown);
+        }
+        if route.id.is_empty() {
+            return Err(GatewayError::EmptyId);
+        }
+        if !valid_slug(&route.slug) {
+            return Err(GatewayError::InvalidSlug(route.slug));
+        }
+        if let Some(other) = self
+            .read_routes()
+            .values()
+            .find(|r| r.slug == route.slug && r.id != route.id)
+        {
+            return Err(GatewayError::SlugInUse {
+                slug: route.slug,
+                other_id: other.id.clone(),
+            });
+        }
+        let health = Arc::new(std::sync::Mutex::new(Health::Starting));
+        let reporter = StatusReporter {
+            id: route.id.clone(),
+            slug: route.slug.clone(),
+            health: health.clone(),
+            tx: self.inner.status_tx.clone(),
+        };
+        let kind = match route.upstream {
+            UpstreamSpec::Stdio {
+                command,
+                args,
+                env,
+                cwd,
+            } => {
+                if command.trim().is_empty() {
+                    return Err(GatewayError::EmptyCommand(route.id));
+                }
+                let spec = bridge::StdioSpec {
+                    command,
+                    args,
+                    env,
+                    cwd,
+                };
+                RouteKind::Stdio(bridge::Bridge::start(
+                    route.id.clone(),
+                    spec,
+                    &self.inner.opts,
+                    reporter.clone(),
+                ))
+            }
+            UpstreamSpec::Http { url } => {
+                let upstream = http_proxy::HttpUpstream::new(&url)?;
+                *lock(&health) = Health::Proxy { url: url.clone() };
+                RouteKind::Http(Arc::new(upstream))
+            }
+        };
+        let entry = Arc::new(RouteEntry {
+            id: route.id.clone(),
+            slug: route.slug,
+            kind,
+            health,
+        });
+        let status = entry.status();
+        let old = self.write_routes().insert(route.id, entry);
+        let _ = self.inner.status_tx.send(status);
+        if let Some(old) = old {
+            stop_entry(&old, Duration::ZERO).await;
+        }
+        Ok(())
+    }
+
+    /// Removes a route and stops its child. Returns whether the route existed.
+    pub async fn unexpose(&self, id: &str) -> bool {
+        let old = self.write_routes().remove(id);
+        match old {
+            Some(old) => {
+                stop_entry(&old, Duration::ZERO).await;
+                let _ = self.inner.status_tx.send(RouteStatus {
+                    id: old.id.clone(),
+                    slug: old.slug.clone(),
+                    health: Health::Stopped,
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Current status of every route (sorted by id).
+    pub fn routes(&self) -> Vec<RouteStatus> {
+        let mut v: Vec<RouteStatus> = self.read_routes().values().map(|r| r.status()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Health changes of all routes.
+    pub fn subscribe(&self) -> broadcast::Receiver<RouteStatus> {
+        self.inner.status_tx.subscribe()
+    }
+
+    /// Stops accepting requests, lets in-flight requests finish (up to `drain_timeout`), then
+    /// stops every child (stdin close → SIGTERM → SIGKILL).
+    pub async fn shutdown(&self) {
+        self.inner
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let entries: Vec<Arc<RouteEntry>> = self.write_routes().drain().map(|(_, v)| v).collect();
+        let drain = self.inner.opts.drain_timeout;
+        let stops = entries.iter().map(|e| stop_entry(e, drain));
+        futures::future::join_all(stops).await;
+        for e in &entries {
+            let _ = self.inner.status_tx.send(RouteStatus {
+                id: e.id.clone(),
+                slug: e.slug.clone(),
+                health: Health::Stopped,
+            });
+        }
+    }
+
+    /// Route id for a slug (used by ingresses that route by path prefix or Host).
+    pub fn route_id_for_slug(&self, slug: &str) -> Option<String> {
+        self.read_routes()
+            .values()
+            .find(|r| r.slug == slug)
+            .map(|r| r.id.clone())
+    }
+
+    /// The HTTP service for one route, path relative to the route (the stdio bridge serves
+    /// `/mcp`; an HTTP upstream gets the path/query unchanged, appended to the upstream's
+    /// scheme://host:port).
+    pub async fn handle(
+        &self,
+        route_id: &str,
+        req: http::Request<axum::body::Body>,
+    ) -> http::Response<axum::body::Body> {
+        if self
+            .inner
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return ingress::json_error(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway is shutting down",
+            );
+        }
+        let entry = self.read_routes().get(route_id).cloned();
+        let Some(entry) = entry else {
+            return ingress::json_error(http::StatusCode::NOT_FOUND, "no such route");
+        };
+        match &entry.kind {
+            RouteKind::Stdio(b) => b.handle(req).await,
+            RouteKind::Http(u) => {
+                u.handle(&self.inner.http_client, req, self.inner.opts.max_body_bytes)
+                    .await
+            }
+        }
+    }
+}
+
+async fn stop_entry(entry: &RouteEntry, drain: Duration) {
+    match &entry.kind {
+        RouteKind::Stdio(b) => b.stop(drain).await,
+        RouteKind::Http(_) => {}
+    }
+    *lock(&entry.health) = Health::Stopped;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        assert!(valid_slug("fs"));
+        assert!(valid_slug("my-server-2"));
+        assert!(!valid_slug(""));
+        assert!(!valid_slug("-a"));
+        assert!(!valid_slug("a-"));
+        assert!(!valid_slug("A"));
+        assert!(!valid_slug("a_b"));
+        assert!(!valid_slug(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn health_serializes_tagged() {
+        let v = serde_json::to_value(Health::Ready {
+            era: "2025-11-25".into(),
+            pid: Some(7),
+        })
+        .unwrap_or_default();
+        assert_eq!(
+            v,
+            serde_json::json!({"state":"ready","era":"2025-11-25","pid":7})
+        );
+        let v = serde_json::to_value(Health::Stopped).unwrap_or_default();
+        assert_eq!(v, serde_json::json!({"state":"stopped"}));
+    }
+}

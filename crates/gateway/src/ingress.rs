@@ -1,0 +1,308 @@
+//! Ingresses: who may call ([`Authorizer`]) and how connections arrive ([`serve_loopback`],
+//! [`serve_connection`]).
+
+use std::{sync::Arc, time::Duration};
+
+use axum::body::Body;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::Gateway;
+
+/// Why a request was refused by an [`Authorizer`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    #[error("missing bearer token: send `Authorization: Bearer <token>`")]
+    Missing,
+    #[error("invalid bearer token")]
+    Invalid,
+}
+
+/// Who may call. The loopback ingress uses a static bearer token now; OAuth replaces it later.
+pub trait Authorizer: Send + Sync + 'static {
+    fn authorize(&self, route_id: &str, headers: &HeaderMap) -> Result<(), AuthError>;
+}
+
+/// A static bearer token, compared in constant time.
+pub struct BearerToken(String);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+impl BearerToken {
+    pub fn new(secret: String) -> Self {
+        Self(secret)
+    }
+}
+
+impl Authorizer for BearerToken {
+    fn authorize(&self, _route_id: &str, headers: &HeaderMap) -> Result<(), AuthError> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(AuthError::Missing);
+        };
+        let value = value.as_bytes();
+        if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
+            return Err(AuthError::Invalid);
+        }
+        let presented = value[7..].trim_ascii();
+        if self.0.is_empty() {
+            return Err(AuthError::Invalid);
+        }
+        if bool::from(presented.ct_eq(self.0.as_bytes())) {
+            Ok(())
+        } else {
+            Err(AuthError::Invalid)
+        }
+    }
+}
+
+/// A JSON-RPC-shaped error body with an HTTP status.
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": -32000, "message": message },
+    });
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+struct Loopback {
+    gateway: Gateway,
+    auth: Arc<dyn Authorizer>,
+    hosts: [String; 3],
+    origins: [String; 3],
+}
+
+impl Loopback {
+    fn new(gateway: Gateway, auth: Arc<dyn Authorizer>, port: u16) -> Self {
+        Self {
+            gateway,
+            auth,
+            hosts: [
+                format!("127.0.0.1:{port}"),
+                format!("localhost:{port}"),
+                format!("[::1]:{port}"),
+            ],
+            origins: [
+                format!("http://127.0.0.1:{port}"),
+                format!("http://localhost:{port}"),
+                format!("http://[::1]:{port}"),
+            ],
+        }
+    }
+
+    async fn handle(&self, mut req: Request<Body>) -> Response<Body> {
+        // 1. Host (DNS rebinding protection).
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+        let host_ok = host
+            .as_deref()
+            .is_some_and(|h| self.hosts.iter().any(|a| a.eq_ignore_ascii_case(h)));
+        if !host_ok {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "Forbidden: Host header is not an allowed loopback address (DNS rebinding protection)",
+            );
+        }
+        // 2. Origin, when present.
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            let ok = origin
+                .to_str()
+                .is_ok_and(|o| self.origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
+            if !ok {
+                return json_error(StatusCode::FORBIDDEN, "Forbidden: Origin not allowed");
+            }
+        }
+        let path = req.uri().path().to_owned();
+        if path == "/healthz" {
+            let mut r = Response::new(Body::from("ok"));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            return r;
+        }
+        let trimmed = path.strip_prefix('/').unwrap_or(&path);
+        let (slug, rest) = match trimmed.find('/') {
+            Some(i) => (&trimmed[..i], &trimmed[i..]),
+            None => (trimmed, "/"),
+        };
+        let route_id = self.gateway.route_id_for_slug(slug);
+        // 3. Authorizer.
+        if let Err(e) = self
+            .auth
+            .authorize(route_id.as_deref().unwrap_or(""), req.headers())
+        {
+            let mut r = json_error(StatusCode::UNAUTHORIZED, &e.to_string());
+            let challenge = match e {
+                AuthError::Invalid => "Bearer error=\"invalid_token\"",
+                _ => "Bearer",
+            };
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+            return r;
+        }
+        // 4. Route.
+        let Some(route_id) = route_id else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                &format!("no MCP server is exposed at /{slug}"),
+            );
+        };
+        req.headers_mut().remove(header::AUTHORIZATION);
+        let rest = match req.uri().query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_owned(),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = rest.parse().ok();
+        match http::Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return json_error(StatusCode::BAD_REQUEST, "invalid request path"),
+        }
+        self.gateway.handle(&route_id, req).await
+    }
+}
+
+/// Loopback ingress: `http://127.0.0.1:PORT/<slug>/...` → route `slug`, prefix stripped.
+///
+/// Checks, in order: Host must be `127.0.0.1:PORT`, `localhost:PORT` or `[::1]:PORT` (else 403);
+/// Origin, when present, must be `http://127.0.0.1:PORT` / `http://localhost:PORT` (else 403);
+/// then the [`Authorizer`] (401 with `WWW-Authenticate: Bearer`); unknown slug → 404. The
+/// `Authorization` header is removed before the request reaches the route. `GET /healthz` needs
+/// no credential. When `shutdown` fires, no new connections are accepted and open connections
+/// are closed gracefully (bounded by the gateway's `drain_timeout`).
+pub async fn serve_loopback(
+    gateway: Gateway,
+    listener: tokio::net::TcpListener,
+    auth: Arc<dyn Authorizer>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let port = listener.local_addr()?.port();
+    let drain = gateway.options().drain_timeout;
+    let state = Arc::new(Loopback::new(gateway, auth, port));
+    let router = axum::Router::new().fallback(move |req: Request<Body>| {
+        let state = state.clone();
+        async move { state.handle(req).await }
+    });
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Transient (e.g. EMFILE): back off briefly instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(serve_connection_until(stream, router, shutdown, drain));
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(drain + Duration::from_secs(1), tracker.wait()).await;
+    Ok(())
+}
+
+/// Serves HTTP/1.1 and h2 on any byte stream (later ingresses — inner TLS, relay streams — feed
+/// connections here). Returns when the connection ends.
+pub async fn serve_connection<IO>(io: IO, service: axum::Router)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve_connection_until(
+        io,
+        service,
+        CancellationToken::new(),
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+/// Like [`serve_connection`], but starts a graceful close when `shutdown` fires and gives up
+/// after `drain`.
+pub async fn serve_connection_until<IO>(
+    io: IO,
+    service: axum::Router,
+    shutdown: CancellationToken,
+    drain: Duration,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = TowerToHyperService::new(service);
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!("connection ended with error: {e}");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(drain, conn.as_mut()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: Option<&'static str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(a));
+        }
+        h
+    }
+
+    #[test]
+    fn bearer() {
+        let t = BearerToken::new("s3cret".into());
+        assert_eq!(t.authorize("r", &headers(None)), Err(AuthError::Missing));
+        assert_eq!(
+            t.authorize("r", &headers(Some("Bearer nope"))),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            t.authorize("r", &headers(Some("Basic s3cret"))),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(t.authorize("r", &headers(Some("Bearer s3cret"))), Ok(()));
+        assert_eq!(t.authorize("r", &headers(Some("bearer s3cret"))), Ok(()));
+        assert_eq!(
+            t.authorize("r", &headers(Some("Bearer s3cret2"))),
+            Err(AuthError::Invalid)
+        );
+        assert!(!format!("{t:?}").contains("s3cret"));
+    }
+}
