@@ -385,7 +385,11 @@ pub fn descendants_matching(root: u32, needle: &str) -> Vec<ProcInfo> {
 /// A temporary directory holding a fake user `HOME` and an `AIRLOCK_HOME`.
 #[derive(Debug)]
 pub struct TestHome {
-    dir: tempfile::TempDir,
+    /// Owns the directory: removed when the home is dropped.
+    _dir: tempfile::TempDir,
+    /// Canonical path of `dir` (what the agent will report in paths).
+    root: PathBuf,
+    extra_env: Vec<(String, String)>,
 }
 
 impl Default for TestHome {
@@ -408,22 +412,32 @@ impl TestHome {
         }
         fs::create_dir_all(dir.path().join("home")).expect("cannot create temp HOME");
         fs::create_dir_all(dir.path().join("airlock")).expect("cannot create temp AIRLOCK_HOME");
-        Self { dir }
+        let root = fs::canonicalize(dir.path()).unwrap_or_else(|_| dir.path().to_path_buf());
+        Self {
+            _dir: dir,
+            root,
+            extra_env: Vec::new(),
+        }
+    }
+
+    /// Adds an environment variable for every airlock process of this home.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.push((key.to_string(), value.to_string()));
     }
 
     /// The fake user home (`HOME` of the agent).
     pub fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
+        self.root.join("home")
     }
 
     /// `AIRLOCK_HOME` of the agent.
     pub fn airlock_home(&self) -> PathBuf {
-        self.dir.path().join("airlock")
+        self.root.join("airlock")
     }
 
     /// Scratch space next to the homes (logs, tool output).
     pub fn scratch(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
+        self.root.clone()
     }
 
     /// Writes `contents` to `HOME/<rel>`, creating parent dirs; returns the path.
@@ -465,6 +479,9 @@ impl TestHome {
     pub fn airlock(&self) -> Command {
         let mut cmd = Command::new(airlock_bin());
         for (k, v) in self.env() {
+            cmd.env(k, v);
+        }
+        for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
         // Variables of the real user's session that could leak a foreign config in.
