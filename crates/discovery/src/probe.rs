@@ -145,21 +145,20 @@ async fn probe_endpoint(port: u16, path: &str, timeout: Duration) -> Option<Foun
     .flatten();
     let mut name = None;
     let mut is_mcp = false;
-    if let Some(resp) = legacy
-        && let Some(n) = mcp_result(&resp.json, 1)
-    {
-        is_mcp = true;
-        name = n;
-        if let Some(session) = resp.session {
+    if let Some(resp) = legacy {
+        if let Some(n) = mcp_result(&resp.json, 1) {
+            is_mcp = true;
+            name = n;
+        }
+        // End any session we were handed, whatever the answer was.
+        if let Some(session) = &resp.session {
             let negotiated = resp
                 .json
                 .pointer("/result/protocolVersion")
                 .and_then(Value::as_str)
-                .unwrap_or(LEGACY_VERSION)
-                .to_string();
-            let _ =
-                tokio::time::timeout(timeout, delete_session(port, path, &session, &negotiated))
-                    .await;
+                .unwrap_or(LEGACY_VERSION);
+            let _ = tokio::time::timeout(timeout, delete_session(port, path, session, negotiated))
+                .await;
         }
     }
     if !is_mcp {
