@@ -124,9 +124,9 @@ pub enum Edit<'a> {
 
 /// Applies `edit` to the file atomically and returns the new config. Refuses to touch a file that does not parse.
 pub fn update(path: &Path, edit: Edit<'_>) -> Result<Config, AgentError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HEADER.to_string(),
+    let (text, new_file) = match fs::read_to_string(path) {
+        Ok(text) => (text, false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), true),
         Err(e) => return Err(AgentError::io(path, e)),
     };
     // Validate first with the typed parser: its errors carry the line, and a broken file is never rewritten.
@@ -172,7 +172,10 @@ pub fn update(path: &Path, edit: Edit<'_>) -> Result<Config, AgentError> {
             }
         }
     }
-    let new_text = doc.to_string();
+    let mut new_text = doc.to_string();
+    if new_file {
+        new_text.insert_str(0, &format!("{HEADER}\n"));
+    }
     let config = parse(path, &new_text)?;
     write_atomic(path, new_text.as_bytes(), 0o644)?;
     Ok(config)
@@ -277,6 +280,13 @@ mod tests {
         )
         .unwrap();
         update(&path, Edit::SetGatewayPort(4242)).unwrap();
+        let fresh = dir.path().join("fresh.toml");
+        update(&fresh, Edit::SetGatewayPort(1)).unwrap();
+        assert!(
+            fs::read_to_string(&fresh)
+                .unwrap()
+                .starts_with("# Airlock configuration.")
+        );
         update(
             &path,
             Edit::Expose {

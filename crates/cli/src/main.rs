@@ -81,6 +81,10 @@ enum Command {
     },
 }
 
+macro_rules! say {
+    ($($arg:tt)*) => { say_line(format_args!($($arg)*)) };
+}
+
 /// A failure with the exit code it maps to.
 struct Failure {
     code: u8,
@@ -160,7 +164,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             if json {
                 print_json(&view);
             } else {
-                println!("{} is no longer exposed", str_of(&view, "name"));
+                say!("{} is no longer exposed", str_of(&view, "name"));
             }
             Ok(())
         }
@@ -172,8 +176,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             if json {
                 print_json(&info);
             } else {
-                println!("{}", str_of(&info, "url"));
-                println!("Authorization: Bearer {}", str_of(&info, "bearer_token"));
+                say!("{}", str_of(&info, "url"));
+                say!("Authorization: Bearer {}", str_of(&info, "bearer_token"));
             }
             Ok(())
         }
@@ -203,7 +207,7 @@ async fn up(
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -256,21 +260,21 @@ async fn status(home: &AirlockHome, json: bool) -> Result<(), Failure> {
         .get("ready")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    println!(
+    say!(
         "airlock {} — {} (pid {})",
         str_of(&status, "version"),
         if ready { "ready" } else { "starting" },
         status.get("pid").and_then(Value::as_u64).unwrap_or(0)
     );
-    println!("  home      {}", str_of(&status, "home"));
-    println!(
+    say!("  home      {}", str_of(&status, "home"));
+    say!(
         "  gateway   {}",
         status
             .pointer("/gateway/url")
             .and_then(Value::as_str)
             .unwrap_or("-")
     );
-    println!(
+    say!(
         "  servers   {} discovered, {} exposed",
         status
             .pointer("/servers/discovered")
@@ -286,7 +290,7 @@ async fn status(home: &AirlockHome, json: bool) -> Result<(), Failure> {
         .and_then(Value::as_u64)
         .unwrap_or(0);
     if diags > 0 {
-        println!("  problems  {diags} config file(s) could not be read — see `airlock servers`");
+        say!("  problems  {diags} config file(s) could not be read — see `airlock servers`");
     }
     Ok(())
 }
@@ -304,7 +308,7 @@ async fn servers(home: &AirlockHome, json: bool) -> Result<(), Failure> {
         .cloned()
         .unwrap_or_default();
     if servers.is_empty() {
-        println!("No MCP servers found in any client's config.");
+        say!("No MCP servers found in any client's config.");
     }
     for s in &servers {
         let sources: Vec<String> = s
@@ -323,29 +327,29 @@ async fn servers(home: &AirlockHome, json: bool) -> Result<(), Failure> {
         } else {
             format!("not exposable: {}", str_of(s, "not_exposable_reason"))
         };
-        println!(
+        say!(
             "{:<24} {}  [{}]",
             str_of(s, "name"),
             str_of(s, "id"),
             sources.join(", ")
         );
-        println!(
+        say!(
             "    {}",
             describe_transport(s.get("transport").unwrap_or(&Value::Null))
         );
-        println!("    {state}");
+        say!("    {state}");
     }
     if let Some(diags) = list.get("diagnostics").and_then(Value::as_array)
         && !diags.is_empty()
     {
-        println!("\nConfig files with problems:");
+        say!("\nConfig files with problems:");
         for d in diags {
             let line = d
                 .get("line")
                 .and_then(Value::as_u64)
                 .map(|l| format!(":{l}"))
                 .unwrap_or_default();
-            println!(
+            say!(
                 "  {}{line} ({}): {}",
                 str_of(d, "path"),
                 str_of(d, "client"),
@@ -435,12 +439,12 @@ async fn expose(
     if json {
         print_json(&exposed);
     } else {
-        println!(
+        say!(
             "{} is exposed at {}",
             str_of(&exposed, "name"),
             str_of(&exposed, "url")
         );
-        println!("Credential: `airlock url {id}` prints the bearer token to send.");
+        say!("Credential: `airlock url {id}` prints the bearer token to send.");
     }
     Ok(())
 }
@@ -451,8 +455,21 @@ fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
 
 fn print_json(v: &Value) {
     match serde_json::to_string_pretty(v) {
-        Ok(s) => println!("{s}"),
-        Err(_) => println!("{v}"),
+        Ok(s) => say!("{s}"),
+        Err(_) => say!("{v}"),
+    }
+}
+
+/// Writes one line to stdout. A closed pipe (`airlock servers | head`) ends the program quietly instead of
+/// panicking the way `println!` does.
+fn say_line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("airlock: cannot write to stdout: {e}");
+        std::process::exit(1);
     }
 }
 
