@@ -72,7 +72,7 @@ impl FileCtx<'_> {
             Layout::Goose => self.server_map(root.get("extensions"), "extensions"),
             Layout::ContinueList => self.continue_list(root.get("mcpServers")),
             // Directories are expanded into files by the scanner.
-            Layout::ContinueDir => {}
+            Layout::ContinueDir | Layout::Directory => {}
         }
     }
 

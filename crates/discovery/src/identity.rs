@@ -6,7 +6,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::clients::{Found, resolve_path};
-use crate::model::{DiscoveredServer, TransportSpec};
+use crate::model::{DiscoveredServer, Scope, Source, TransportSpec};
 
 /// Commands that look like paths (contain a separator or start with `~`/`.`) become absolute,
 /// resolved against `base`; bare program names stay as written (trimmed).
@@ -130,7 +130,7 @@ pub(crate) fn merge(found: Vec<Found>) -> Vec<DiscoveredServer> {
             let primary_name = fs.first().map(|f| f.name.clone()).unwrap_or_default();
             let sources = fs
                 .into_iter()
-                .map(|f| crate::model::Source {
+                .map(|f| Source {
                     client: f.client,
                     path: f.path,
                     name: f.name,
@@ -148,6 +148,43 @@ pub(crate) fn merge(found: Vec<Found>) -> Vec<DiscoveredServer> {
         .collect();
     servers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
     servers
+}
+
+/// Merge server lists from several scans/probes (e.g. [`crate::scan`] and
+/// [`crate::probe_running`]): servers with the same id become one, with the union of their
+/// sources; name and transport come from the highest-priority source. Sorted like a snapshot.
+pub fn merge_servers(servers: impl IntoIterator<Item = DiscoveredServer>) -> Vec<DiscoveredServer> {
+    fn key(s: &Source) -> (usize, &std::path::Path, Scope, &str) {
+        (s.client.priority(), &s.path, s.scope, &s.name)
+    }
+    let mut groups: BTreeMap<String, Vec<DiscoveredServer>> = BTreeMap::new();
+    for s in servers {
+        groups.entry(s.id.clone()).or_default().push(s);
+    }
+    let mut out: Vec<DiscoveredServer> = groups
+        .into_values()
+        .filter_map(|mut group| {
+            group.sort_by(|a, b| {
+                a.sources
+                    .iter()
+                    .map(key)
+                    .min()
+                    .cmp(&b.sources.iter().map(key).min())
+            });
+            let mut sources: Vec<Source> = group.iter().flat_map(|s| s.sources.clone()).collect();
+            sources.sort_by(|a, b| key(a).cmp(&key(b)));
+            sources.dedup();
+            let mut primary = group.into_iter().next()?;
+            primary.name = sources
+                .first()
+                .map(|s| s.name.clone())
+                .unwrap_or(primary.name);
+            primary.sources = sources;
+            Some(primary)
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    out
 }
 
 #[cfg(test)]
@@ -215,5 +252,50 @@ mod tests {
         };
         assert_eq!(server_id(&c), server_id(&d));
         assert_ne!(server_id(&a), server_id(&c));
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+    use crate::model::ClientKind;
+    use std::path::PathBuf;
+
+    fn server(client: ClientKind, name: &str, url: &str) -> DiscoveredServer {
+        let transport = TransportSpec::StreamableHttp {
+            url: url.into(),
+            headers: BTreeMap::new(),
+        };
+        DiscoveredServer {
+            id: server_id(&transport),
+            name: name.into(),
+            transport,
+            sources: vec![Source {
+                client,
+                path: PathBuf::from(format!("/{name}")),
+                name: name.into(),
+                scope: if client == ClientKind::Running {
+                    Scope::Running
+                } else {
+                    Scope::User
+                },
+                disabled: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn merges_probe_results_into_configured_servers() {
+        let url = "http://127.0.0.1:3001/mcp";
+        let merged = merge_servers([
+            server(ClientKind::Running, "probe-name", url),
+            server(ClientKind::Cursor, "configured", url),
+            server(ClientKind::Running, "other", "http://127.0.0.1:3002/mcp"),
+        ]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].name, "configured");
+        let clients: Vec<ClientKind> = merged[0].sources.iter().map(|s| s.client).collect();
+        assert_eq!(clients, vec![ClientKind::Cursor, ClientKind::Running]);
+        assert_eq!(merged[1].name, "other");
     }
 }

@@ -30,7 +30,7 @@ mod probe;
 mod scan;
 mod watch;
 
-pub use identity::server_id;
+pub use identity::{merge_servers, server_id};
 pub use model::{
     ClientKind, Diagnostic, DiscoveredServer, DiscoveryEnv, Os, REDACTED, Scope, Snapshot, Source,
     TransportSpec,

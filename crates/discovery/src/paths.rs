@@ -26,6 +26,8 @@ pub(crate) enum Layout {
     ContinueList,
     /// Continue `<project>/.continue/mcpServers/` directory of `*.yaml|*.yml|*.json`.
     ContinueDir,
+    /// A directory that is only watched (its children are separate candidates).
+    Directory,
 }
 
 /// One place to look.
@@ -94,7 +96,7 @@ fn claude_managed(env: &DiscoveryEnv) -> Option<PathBuf> {
 
 const VSCODE_VARIANTS: [&str; 2] = ["Code", "Code - Insiders"];
 
-fn vscode_user_dirs(env: &DiscoveryEnv) -> Vec<PathBuf> {
+pub(crate) fn vscode_user_dirs(env: &DiscoveryEnv) -> Vec<PathBuf> {
     let base = app_config_dir(env);
     VSCODE_VARIANTS
         .iter()

@@ -8,10 +8,12 @@ use serde_json::Value;
 
 use crate::clients::{FileCtx, Found};
 use crate::identity::merge;
+use crate::model::Scope;
 use crate::model::{ClientKind, Diagnostic, DiscoveryEnv, Snapshot};
 use crate::parse::{Format, ParseError, parse};
 use crate::paths::{
     Candidate, Layout, claude_json, lexical_normalize, project_candidates, user_candidates,
+    vscode_user_dirs,
 };
 
 /// Largest config file we read (Claude Code's `~/.claude.json` can grow to a few MB).
@@ -111,6 +113,9 @@ impl Scanner<'_> {
     }
 
     fn candidate(&mut self, c: &Candidate) {
+        if c.layout == Layout::Directory {
+            return;
+        }
         if c.layout == Layout::ContinueDir {
             let entries = match std::fs::read_dir(&c.path) {
                 Ok(rd) => rd,
@@ -199,6 +204,7 @@ pub fn scan(env: &DiscoveryEnv) -> Snapshot {
     for dir in project_dirs(env, claude_doc.as_ref()) {
         candidates.extend(project_candidates(&dir));
     }
+    candidates.extend(vscode_profile_candidates(env));
     let mut seen = HashSet::new();
     candidates.retain(|c| seen.insert((c.client, c.path.clone())));
 
@@ -272,4 +278,40 @@ fn apply_claude_approvals(claude: &Value, found: &mut [Found]) {
             }
         }
     }
+}
+
+/// VS Code keeps non-default profiles' `mcp.json` in `User/profiles/<id>/`. The `profiles`
+/// directory itself is also returned (as a directory candidate with no layout of its own) so
+/// the watcher notices new profiles.
+fn vscode_profile_candidates(env: &DiscoveryEnv) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for user in vscode_user_dirs(env) {
+        let profiles = user.join("profiles");
+        out.push(Candidate {
+            client: ClientKind::Vscode,
+            path: profiles.clone(),
+            scope: Scope::User,
+            layout: Layout::Directory,
+            project: None,
+        });
+        let Ok(rd) = std::fs::read_dir(&profiles) else {
+            continue;
+        };
+        let mut dirs: Vec<PathBuf> = rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        for d in dirs {
+            out.push(Candidate {
+                client: ClientKind::Vscode,
+                path: d.join("mcp.json"),
+                scope: Scope::User,
+                layout: Layout::VscodeMcp,
+                project: None,
+            });
+        }
+    }
+    out
 }

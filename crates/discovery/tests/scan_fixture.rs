@@ -515,3 +515,24 @@ fn explicit_project_dirs_are_scanned() -> TestResult {
     assert_eq!(snap.servers[0].sources[0].scope, Scope::Project);
     Ok(())
 }
+
+#[test]
+fn vscode_profiles_are_scanned() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let home = tmp.path().canonicalize()?;
+    let profile = home.join(".config/Code/User/profiles/-5a1b2c3d");
+    std::fs::create_dir_all(&profile)?;
+    std::fs::write(
+        profile.join("mcp.json"),
+        r#"{"servers": {"prof": {"type": "sse", "url": "http://127.0.0.1:9/sse"}}}"#,
+    )?;
+    let snap = scan(&env_for(&home));
+    assert_eq!(snap.servers.len(), 1, "{snap:?}");
+    assert_eq!(snap.servers[0].name, "prof");
+    assert_eq!(snap.servers[0].sources[0].path, profile.join("mcp.json"));
+    assert!(
+        snap.watched_paths
+            .contains(&home.join(".config/Code/User/profiles"))
+    );
+    Ok(())
+}
