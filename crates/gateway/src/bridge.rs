@@ -33,9 +33,9 @@ use rmcp::{
         ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
         Notification, PaginatedRequestParams, ProgressToken, ProtocolVersion,
         ReadResourceRequestParams, ReadResourceResponse, Request, RequestId, RequestOptionalParam,
-        ServerCapabilities, ServerConfig, ServerNotification, ServerPeerInfo, ServerRequest,
-        ServerResult, SetLevelRequestParams, SubscribeRequestParams, SubscriptionFilter,
-        UnsubscribeRequestParams, UpdateTaskParams,
+        ResultType, ServerCapabilities, ServerConfig, ServerNotification, ServerPeerInfo,
+        ServerRequest, ServerResult, SetLevelRequestParams, SubscribeRequestParams,
+        SubscriptionFilter, UnsubscribeRequestParams, UpdateTaskParams,
     },
     service::{
         ClientInitializeError, ClientLifecycleMode, ClientServiceExt, NotificationContext,
@@ -229,6 +229,22 @@ fn map_service_error(e: ServiceError) -> McpError {
     }
 }
 
+/// 2026-07-28 results carry `resultType`; a legacy child's results do not.
+fn fill_result_type(result: &mut ServerResult) {
+    let slot = match result {
+        ServerResult::CompleteResult(r) => &mut r.result_type,
+        ServerResult::GetPromptResult(r) => &mut r.result_type,
+        ServerResult::ListPromptsResult(r) => &mut r.result_type,
+        ServerResult::ListResourcesResult(r) => &mut r.result_type,
+        ServerResult::ListResourceTemplatesResult(r) => &mut r.result_type,
+        ServerResult::ReadResourceResult(r) => &mut r.result_type,
+        ServerResult::ListToolsResult(r) => &mut r.result_type,
+        ServerResult::CallToolResult(r) => &mut r.result_type,
+        _ => return,
+    };
+    slot.get_or_insert(ResultType::COMPLETE);
+}
+
 fn reinterpret<T: serde::de::DeserializeOwned>(result: ServerResult) -> Result<T, McpError> {
     let value = serde_json::to_value(&result)
         .map_err(|e| McpError::internal_error(format!("re-encoding result: {e}"), None))?;
@@ -296,8 +312,18 @@ impl ProxyService {
                 client_progress,
             },
         );
+        let modern_client = context
+            .meta
+            .protocol_version()
+            .is_some_and(|v| !v.has_initialize());
         tokio::select! {
-            r = handle.await_response() => r.map_err(map_service_error),
+            r = handle.await_response() => {
+                let mut r = r.map_err(map_service_error)?;
+                if modern_client {
+                    fill_result_type(&mut r);
+                }
+                Ok(r)
+            }
             _ = context.ct.cancelled() => {
                 let note = ClientNotification::CancelledNotification(Notification::new(
                     CancelledNotificationParam::new(Some(child_id), Some("cancelled by the HTTP client".into())),
@@ -799,7 +825,8 @@ impl Service<RoleClient> for BridgeClient {
         let mut caps = ClientCapabilities::default();
         caps.sampling = Some(Default::default());
         caps.elicitation = Some(Default::default());
-        caps.roots = Some(Default::default());
+        // No `roots`: servers ask for roots right after initialize, outside any request, when no
+        // HTTP client can answer; without the capability they fall back to their own config.
         ClientConfig::new(caps, bridge_impl())
     }
 }
