@@ -146,6 +146,7 @@ impl CertificateAuthority {
         validity: Duration,
     ) -> Result<(CaCert, PrivateKeyPem), PkiError> {
         let domain = normalize_tunnel_domain(tunnel_domain)?;
+        let now = whole_seconds_utc(now);
         if validity <= Duration::ZERO {
             return Err(PkiError::InvalidValidity("CA validity must be positive"));
         }
@@ -153,7 +154,12 @@ impl CertificateAuthority {
 
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, CA_COMMON_NAME);
+        // A random suffix keeps subjects distinct, so two CAs active on one tunnel during a
+        // rotation are never confused by name during path building.
+        dn.push(
+            DnType::CommonName,
+            format!("{CA_COMMON_NAME} {:08x}", rand::random::<u32>()),
+        );
         dn.push(DnType::OrganizationName, "Airlock");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -248,6 +254,7 @@ impl CertificateAuthority {
                 "server certificate validity must be positive",
             ));
         }
+        let now = whole_seconds_utc(now);
         if now >= self.cert.not_after {
             return Err(PkiError::CaExpired {
                 not_after: self.cert.not_after,
@@ -337,6 +344,13 @@ pub fn normalize_tunnel_domain(domain: &str) -> Result<String, PkiError> {
         return Err(invalid("it looks like an IP address"));
     }
     Ok(d)
+}
+
+/// Certificates encode whole seconds in UTC; do the math the same way so the returned
+/// `not_before`/`not_after` equal what is inside the certificate.
+fn whole_seconds_utc(t: OffsetDateTime) -> OffsetDateTime {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t - Duration::nanoseconds(i64::from(t.nanosecond()))
 }
 
 fn random_serial() -> SerialNumber {
