@@ -15,10 +15,15 @@
 //! - `parse`: JSONC / TOML / YAML readers with line/column diagnostics
 //! - `expand`: `${VAR}`, `${VAR:-default}`, `${env:VAR}`, `${workspaceFolder}`, `${input:id}`
 //! - `clients`: each client's entry shapes → [`TransportSpec`]
-//! - `identity`: normalized launch identity, stable 12-hex ids, merging into servers
+//! - `identity`: normalized launch identity, stable 12-hex ids ([`server_id`]), merging into
+//!   servers ([`merge_servers`] combines a scan with probe results)
 //! - `scan`: [`scan`], one synchronous pass over all candidates
 //! - `watch`: [`watch`] / [`Watcher`], notify-based live rescans
 //! - `probe`: [`probe_running`], loopback-only MCP probe
+//!
+//! Tests: unit tests per module; `tests/scan_fixture.rs` runs the twelve-client fixture in
+//! `tests/fixtures/home/` (documented in `tests/fixtures/README.md`); `tests/paths.rs`,
+//! `tests/watcher.rs`, `tests/probe.rs`. `examples/scan.rs` prints what this machine has.
 
 mod clients;
 mod expand;
