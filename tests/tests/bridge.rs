@@ -399,3 +399,109 @@ fn concurrent_legacy_sessions_with_colliding_ids_get_their_own_results() {
         assert_eq!(s["ok"], n, "session {label}: {s}");
     }
 }
+
+/// The JSON-RPC message answering `id` in a JSON or SSE body.
+fn jsonrpc_response(body: &str, id: u64) -> Option<Value> {
+    let candidates: Vec<&str> = if body.trim_start().starts_with('{') {
+        vec![body]
+    } else {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim)
+            .collect()
+    };
+    candidates
+        .into_iter()
+        .filter_map(|c| serde_json::from_str::<Value>(c).ok())
+        .find(|v| v["id"] == id)
+}
+
+#[test]
+fn raw_legacy_sessions_sending_the_same_id_at_once_are_kept_apart() {
+    let (_agent, _node, exposed) = start_and_expose(&["everything"]);
+    let e = &exposed[0];
+    let (addr, path) = split_url(&e.url);
+    let host = format!("127.0.0.1:{}", addr.port());
+    let bearer = format!("Bearer {}", e.token);
+    let headers = |sid: Option<&str>| {
+        let mut h = vec![
+            ("Host".to_string(), host.clone()),
+            ("Authorization".to_string(), bearer.clone()),
+            ("Content-Type".to_string(), "application/json".to_string()),
+            (
+                "Accept".to_string(),
+                "application/json, text/event-stream".to_string(),
+            ),
+        ];
+        if let Some(s) = sid {
+            h.push(("Mcp-Session-Id".to_string(), s.to_string()));
+            h.push(("MCP-Protocol-Version".to_string(), "2025-11-25".to_string()));
+        }
+        h
+    };
+    let post = |sid: Option<&str>, body: &str| {
+        let h = headers(sid);
+        let hr: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        raw_http(addr, "POST", &path, &hr, Some(body))
+    };
+    let open = || {
+        let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#;
+        let r = post(None, init);
+        assert_eq!(r.status, 200, "initialize: {r:?}");
+        let sid = r
+            .header("mcp-session-id")
+            .unwrap_or_else(|| panic!("legacy initialize must return Mcp-Session-Id: {r:?}"))
+            .to_string();
+        let r = post(
+            Some(&sid),
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        );
+        assert!(
+            (200..300).contains(&r.status),
+            "notifications/initialized: {r:?}"
+        );
+        sid
+    };
+    let sessions = [("A", open()), ("B", open())];
+    assert_ne!(sessions[0].1, sessions[1].1, "distinct session ids");
+
+    let rounds = 20;
+    let results: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sessions
+            .iter()
+            .map(|(label, sid)| {
+                let post = &post;
+                scope.spawn(move || {
+                    let mut problems = Vec::new();
+                    for i in 0..rounds {
+                        let msg = format!("{label}-{i}");
+                        let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                            "params": {"name": "echo", "arguments": {"message": msg}}})
+                        .to_string();
+                        let r = post(Some(sid), &body);
+                        let got = jsonrpc_response(&r.body, 7);
+                        let text = got
+                            .as_ref()
+                            .and_then(|v| v["result"]["content"][0]["text"].as_str())
+                            .unwrap_or_default()
+                            .to_string();
+                        if r.status != 200 || text != format!("Echo: {msg}") {
+                            problems.push(format!("sent {msg}: HTTP {} {:?}", r.status, r.body));
+                        }
+                    }
+                    problems
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| vec!["thread panicked".into()]))
+            .collect()
+    });
+    for ((label, _), problems) in sessions.iter().zip(&results) {
+        assert!(
+            problems.is_empty(),
+            "session {label} (every request id 7): {problems:#?}"
+        );
+    }
+}
