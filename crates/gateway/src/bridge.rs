@@ -722,14 +722,25 @@ impl Service<RoleClient> for BridgeClient {
         let mut request = request;
         rmcp::model::GetExtensions::extensions_mut(&mut request)
             .insert(OriginatingRequestId(origin));
-        let handle = peer
-            .send_request_with_option(
-                request,
-                PeerRequestOptions::with_timeout(CLIENT_REQUEST_TIMEOUT),
-            )
-            .await
-            .map_err(map_service_error)?;
-        handle.await_response().await.map_err(map_service_error)
+        // Send from a fresh task: rmcp stamps requests sent inside a handler with the handler's
+        // own (child-side) request id as the originating request, which would override ours.
+        let sent = tokio::spawn(async move {
+            let handle = peer
+                .send_request_with_option(
+                    request,
+                    PeerRequestOptions::with_timeout(CLIENT_REQUEST_TIMEOUT),
+                )
+                .await
+                .map_err(map_service_error)?;
+            handle.await_response().await.map_err(map_service_error)
+        });
+        match sent.await {
+            Ok(r) => r,
+            Err(e) => Err(McpError::internal_error(
+                format!("forwarding the request to the HTTP client failed: {e}"),
+                None,
+            )),
+        }
     }
 
     async fn handle_notification(

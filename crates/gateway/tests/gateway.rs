@@ -1,5 +1,6 @@
 //! End-to-end tests of the gateway: real child processes (the `airlock-fixture-mcp` binary),
 //! real loopback HTTP, rmcp's streamable HTTP client and raw reqwest POSTs.
+#![allow(deprecated)] // sampling (SEP-2577) is still what legacy servers use
 
 use std::{
     collections::BTreeMap,
@@ -728,4 +729,74 @@ async fn proc_alive(pid: u32) -> bool {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     true
+}
+
+/// A legacy client that answers sampling requests.
+struct Sampler;
+
+impl rmcp::ClientHandler for Sampler {
+    async fn create_message(
+        &self,
+        _params: rmcp::model::CreateMessageRequestParams,
+        _context: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, rmcp::ErrorData> {
+        Ok(rmcp::model::CreateMessageResult::new(
+            rmcp::model::SamplingMessage::assistant_text("pong-from-client"),
+            "test-model".into(),
+        ))
+    }
+
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let mut caps = rmcp::model::ClientCapabilities::default();
+        caps.sampling = Some(Default::default());
+        rmcp::model::ClientConfig::new(caps, rmcp::model::Implementation::new("sampler", "1"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_requests_reach_the_calling_session_or_fail_fast() {
+    let h = Harness::start().await;
+    h.expose_fixture("fx", "fx", &["--legacy"]).await;
+    h.wait_ready("fx", None).await;
+
+    // The session whose tools/call caused the request answers it.
+    let sampler = tokio::time::timeout(BOUND, Sampler.serve(transport(&h.url("fx"))))
+        .await
+        .expect("init in time")
+        .expect("init");
+    let result = tokio::time::timeout(
+        BOUND,
+        sampler
+            .peer()
+            .call_tool(CallToolRequestParams::new("sample").with_arguments(args(json!({})))),
+    )
+    .await
+    .expect("sample in time")
+    .expect("sample");
+    let text = result
+        .content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .unwrap_or_default();
+    assert_eq!(result.is_error, Some(false), "{text}");
+    assert!(text.contains("pong-from-client"), "{text}");
+
+    // A client without the sampling capability: the child gets a JSON-RPC error, no hang.
+    let plain = legacy_client(&h.url("fx")).await;
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        plain
+            .peer()
+            .call_tool(CallToolRequestParams::new("sample").with_arguments(args(json!({})))),
+    )
+    .await
+    .expect("must not hang")
+    .expect("tool call itself succeeds");
+    assert_eq!(result.is_error, Some(true));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let _ = sampler.cancel().await;
+    let _ = plain.cancel().await;
+    h.stop().await;
 }

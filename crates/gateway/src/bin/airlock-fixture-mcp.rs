@@ -2,11 +2,14 @@
 //!
 //! Tools: `echo {text}` (returns `text`), `add {a, b}`, `slow {ms, steps?}` (sleeps, reporting
 //! progress), `crash` (exits the process immediately), `pid` (returns the process id),
-//! `notify_tools_changed` (sends `notifications/tools/list_changed`).
+//! `notify_tools_changed` (sends `notifications/tools/list_changed`), `sample` (asks the client
+//! for `sampling/createMessage`).
 //!
 //! Flags: `--legacy` answers only the `initialize` lifecycle (no `server/discover`, versions up to
 //! 2025-11-25); `--modern` speaks only 2026-07-28; default is dual-era. `--stderr-noise` writes a
 //! long line to stderr at startup (the bridge must log, not fail).
+
+#![allow(deprecated)] // sampling is deprecated by SEP-2577 but legacy clients use it
 
 use std::{borrow::Cow, sync::Arc, time::Duration};
 
@@ -14,9 +17,9 @@ use rmcp::{
     ErrorData as McpError, RoleServer, ServerHandler, ServiceExt,
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ClientNotification, ClientRequest,
-        ContentBlock as Content, DiscoverResult, Implementation, JsonObject, ListToolsResult,
-        PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion, ServerCapabilities,
-        ServerConfig, ServerResult, Tool,
+        ContentBlock as Content, CreateMessageRequestParams, DiscoverResult, Implementation,
+        JsonObject, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
+        ProtocolVersion, SamplingMessage, ServerCapabilities, ServerConfig, ServerResult, Tool,
     },
     service::{NotificationContext, RequestContext, Service},
 };
@@ -66,6 +69,11 @@ fn tools() -> Vec<Tool> {
         Tool::new(
             "crash",
             "Exits the server process",
+            schema(serde_json::json!({"type":"object","properties":{}})),
+        ),
+        Tool::new(
+            "sample",
+            "Asks the client for a sampling/createMessage and returns the answer",
             schema(serde_json::json!({"type":"object","properties":{}})),
         ),
         Tool::new(
@@ -178,6 +186,19 @@ impl ServerHandler for Fixture {
             "crash" => {
                 eprintln!("airlock-fixture-mcp: crash requested, exiting");
                 std::process::exit(3);
+            }
+            "sample" => {
+                let params =
+                    CreateMessageRequestParams::new(vec![SamplingMessage::user_text("ping")], 16);
+                match context.peer.create_message(params).await {
+                    Ok(result) => CallToolResult::success(vec![Content::text(format!(
+                        "sampled: {}",
+                        serde_json::to_string(&result).unwrap_or_default()
+                    ))]),
+                    Err(e) => {
+                        CallToolResult::error(vec![Content::text(format!("sampling failed: {e}"))])
+                    }
+                }
             }
             "pid" => CallToolResult::success(vec![Content::text(std::process::id().to_string())]),
             "notify_tools_changed" => {
