@@ -130,3 +130,49 @@ async fn a_file_where_the_directory_should_be_is_a_clear_error() -> Result<(), K
     assert!(err.is_err(), "{err:?}");
     Ok(())
 }
+
+/// Captures formatted log lines for the current thread.
+#[derive(Clone, Default)]
+struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn file_backend_warns_loudly() -> Result<(), KeystoreError> {
+    let logs = LogBuf::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let tmp = tempfile::tempdir().map_err(|e| KeystoreError::io(Path::new("tmp"), e))?;
+    let dir = tmp.path().join("secrets");
+    let _store = open(KeystoreChoice::File, &Namespace::for_home(tmp.path()), &dir).await?;
+    let text =
+        String::from_utf8_lossy(&logs.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    assert!(
+        text.contains("WARN")
+            && text.contains("PLAIN FILES")
+            && text.contains(&*dir.to_string_lossy()),
+        "no loud warning in logs:\n{text}"
+    );
+    Ok(())
+}

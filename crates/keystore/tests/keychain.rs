@@ -409,3 +409,81 @@ async fn child_with_locked_keyring() {
     assert_eq!(store.backend(), Backend::File);
     println!("CHILD-OK");
 }
+
+/// A "session bus" that accepts connections and never answers (a hung D-Bus): the probe must give
+/// up within its time bound, `Keychain` must report a timeout and `Auto` must fall back to files.
+#[test]
+fn a_silent_bus_times_out_and_auto_falls_back() {
+    use std::os::unix::net::UnixListener;
+    use std::time::Instant;
+    const HOLD: Duration = Duration::from_secs(8);
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let sock = dir.path().join("silent-bus");
+    let listener = UnixListener::bind(&sock).unwrap_or_else(|e| panic!("bind: {e}"));
+    listener
+        .set_nonblocking(true)
+        .unwrap_or_else(|e| panic!("nonblocking: {e}"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    // Hold every connection for HOLD without a byte of reply, then close it (which also lets the
+    // child's stuck blocking threads finish so it can exit).
+    let server = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) || !held.is_empty() {
+            if let Ok((conn, _)) = listener.accept() {
+                held.push((Instant::now(), conn));
+            }
+            held.retain(|(t, _)| t.elapsed() < HOLD);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "child_with_silent_bus",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "silent")
+        .env(
+            "DBUS_SESSION_BUS_ADDRESS",
+            format!("unix:path={}", sock.display()),
+        )
+        .output()
+        .unwrap_or_else(|e| panic!("spawn child test: {e}"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = server.join();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("CHILD-OK"),
+        "child test failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+}
+
+/// Helper for the test above; does nothing unless started by it (with CHILD_ENV=silent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_with_silent_bus() {
+    if std::env::var(CHILD_ENV).ok().as_deref() != Some("silent") {
+        return;
+    }
+    let probe = Duration::from_secs(1);
+    let home = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let ns = Namespace::for_home(home.path());
+    let err = KeychainStore::open(&ns, probe)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("keychain opened on a silent bus"));
+    assert!(
+        matches!(err, KeystoreError::Timeout(d) if d == probe),
+        "expected Timeout, got {err:?}"
+    );
+    let dir = home.path().join("secrets");
+    let store = open_with_timeout(KeystoreChoice::Auto, &ns, &dir, probe)
+        .await
+        .unwrap_or_else(|e| panic!("Auto must fall back to files: {e}"));
+    assert_eq!(store.backend(), Backend::File);
+    println!("CHILD-OK");
+}
