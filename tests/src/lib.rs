@@ -174,6 +174,45 @@ impl NodeTools {
     }
 }
 
+/// A child process killed (and reaped) on drop.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl NodeTools {
+    /// Starts `server-everything streamableHttp` on 127.0.0.1:`port` (output to `log`) and
+    /// waits until it accepts connections. Serves `http://127.0.0.1:PORT/mcp`.
+    pub fn spawn_everything_http(&self, port: u16, log: &Path) -> KillOnDrop {
+        let out = fs::File::create(log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let err = out
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot clone log handle: {e}"));
+        let mut cmd = self.command(&self.server_everything());
+        cmd.arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = KillOnDrop(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start server-everything: {e}")),
+        );
+        wait_for(
+            Duration::from_secs(60),
+            "server-everything streamableHttp to listen",
+            || TcpStream::connect(("127.0.0.1", port)).ok(),
+        );
+        child
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bind to :0, read, release).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("cannot bind a loopback port");

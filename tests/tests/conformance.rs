@@ -7,15 +7,12 @@
 //! `Authorization: Bearer` header and changes nothing else (`Host` passes through).
 
 use std::collections::BTreeMap;
-use std::net::{Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{Ipv6Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use airlock_e2e::proxy::AuthProxy;
-use airlock_e2e::{
-    Agent, NodeTools, Output, TestHome, free_port, run_with_timeout, split_url, wait_for,
-};
+use airlock_e2e::{Agent, NodeTools, Output, TestHome, free_port, run_with_timeout, split_url};
 use serde_json::json;
 
 const SUITE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -74,16 +71,6 @@ fn run_suite(node: &NodeTools, url: &str, out_dir: &Path) -> (Output, Results) {
     (out, results)
 }
 
-/// The native server; killed on drop.
-struct NativeServer(Child);
-
-impl Drop for NativeServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn mark(r: Option<&(u32, u32)>) -> String {
     match r {
         Some(&(p, f)) => format!(
@@ -102,20 +89,7 @@ fn bridged_server_everything_passes_what_native_passes_and_dns_rebinding() {
 
     // Native: server-everything over Streamable HTTP.
     let port = free_port();
-    let log = std::fs::File::create(scratch.join("native-everything.log"))
-        .expect("create native server log");
-    let mut cmd = node.command(&node.server_everything());
-    cmd.arg("streamableHttp")
-        .env("PORT", port.to_string())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("clone log handle"))
-        .stderr(log);
-    let native = NativeServer(cmd.spawn().expect("start native server-everything"));
-    wait_for(
-        Duration::from_secs(60),
-        "native server-everything to listen",
-        || TcpStream::connect(("127.0.0.1", port)).ok(),
-    );
+    let native = node.spawn_everything_http(port, &scratch.join("native-everything.log"));
     let native_url = format!("http://127.0.0.1:{port}/mcp");
     let (_native_out, native_res) = run_suite(&node, &native_url, &scratch.join("native"));
     drop(native);
