@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod home;
+pub mod pki_store;
 pub mod state;
 
 use std::net::{Ipv4Addr, SocketAddr};

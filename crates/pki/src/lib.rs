@@ -68,7 +68,8 @@ pub enum PkiError {
 pub struct PrivateKeyPem(Zeroizing<String>);
 
 impl PrivateKeyPem {
-    fn new(pem: String) -> Self {
+    /// Wraps a PEM read back from the keystore.
+    pub fn new(pem: String) -> Self {
         Self(Zeroizing::new(pem))
     }
 
