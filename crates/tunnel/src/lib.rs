@@ -1,0 +1,1 @@
+//! Airlock tunnel (work in progress).
