@@ -65,6 +65,10 @@ const HEALTHY_RESET: Duration = Duration::from_secs(60);
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// stderr lines are truncated to this many bytes.
 const STDERR_LINE_MAX: usize = 2048;
+/// After draining, how long answers get to reach their HTTP streams before those are closed.
+const FLUSH_GRACE: Duration = Duration::from_millis(300);
+/// Prune the session → generation map when it grows this large.
+const SESSION_PRUNE_AT: usize = 1024;
 const META_PREFIX_MODERN: &str = "io.modelcontextprotocol/";
 
 #[derive(Clone, Debug)]
@@ -955,12 +959,24 @@ impl Bridge {
             .and_then(|v| v.to_str().ok())
         {
             let current = self.shared.generation.load(Ordering::SeqCst);
-            let mut gens = lock(&self.shared.session_gens);
-            if gens.len() >= 4096 {
-                // Sessions that ended without DELETE; forget the oldest generation's first.
-                gens.retain(|_, g| *g == current);
+            let full = {
+                let mut gens = lock(&self.shared.session_gens);
+                gens.insert(sid.to_owned(), current);
+                gens.len() >= SESSION_PRUNE_AT
+            };
+            if full {
+                // Forget sessions rmcp already dropped (idle timeout) without a DELETE.
+                let live: std::collections::HashSet<String> = self
+                    .shared
+                    .session_manager
+                    .sessions
+                    .read()
+                    .await
+                    .keys()
+                    .map(|k| k.to_string())
+                    .collect();
+                lock(&self.shared.session_gens).retain(|id, _| live.contains(id));
             }
-            gens.insert(sid.to_owned(), current);
         }
         if is_delete
             && status.is_success()
@@ -975,7 +991,14 @@ impl Bridge {
     pub(crate) async fn stop(&self, drain: Duration) {
         if !drain.is_zero() {
             let mut rx = self.shared.inflight_count.subscribe();
+            let busy = *rx.borrow_and_update() > 0;
+            let started = Instant::now();
             let _ = tokio::time::timeout(drain, rx.wait_for(|n| *n == 0)).await;
+            if busy {
+                // The last answers still have to be written to their HTTP streams.
+                let grace = drain.saturating_sub(started.elapsed()).min(FLUSH_GRACE);
+                tokio::time::sleep(grace).await;
+            }
         }
         self.shared.stopping.cancel();
         self.http_cancel.cancel();

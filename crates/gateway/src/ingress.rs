@@ -141,6 +141,12 @@ impl Loopback {
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             return r;
         }
+        if self.gateway.is_shutting_down() {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway is shutting down",
+            );
+        }
         let trimmed = path.strip_prefix('/').unwrap_or(&path);
         let (slug, rest) = match trimmed.find('/') {
             Some(i) => (&trimmed[..i], &trimmed[i..]),

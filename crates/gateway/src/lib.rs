@@ -224,6 +224,12 @@ impl Gateway {
         }
     }
 
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.inner
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub(crate) fn options(&self) -> &GatewayOptions {
         &self.inner.opts
     }

@@ -800,3 +800,123 @@ async fn sampling_requests_reach_the_calling_session_or_fail_fast() {
     let _ = plain.cancel().await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let h = Harness::start().await;
+    h.expose_fixture("fx", "fx", &[]).await;
+    let (_, pid) = h.wait_ready("fx", None).await;
+    let client = legacy_client(&h.url("fx")).await;
+    let slow = tokio::spawn(async move {
+        let text = call_text(&client, "slow", json!({"ms": 800, "steps": 2})).await;
+        let _ = client.cancel().await;
+        text
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gateway = h.gateway.clone();
+    let shutdown = tokio::spawn(async move { gateway.shutdown().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // New work is refused while draining.
+    let r = Raw::new(h.url("fx"))
+        .post(None, json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
+        .await;
+    assert_eq!(r.status(), 503);
+    let text = tokio::time::timeout(BOUND, slow)
+        .await
+        .expect("in time")
+        .expect("join");
+    assert_eq!(text, "slept 800");
+    tokio::time::timeout(BOUND, shutdown)
+        .await
+        .expect("shutdown in time")
+        .expect("join");
+    assert!(
+        !proc_alive(pid).await,
+        "child must be stopped after shutdown"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_command_restarts_with_capped_jittered_backoff() {
+    let gateway = Gateway::new(GatewayOptions {
+        restart_initial: Duration::from_millis(100),
+        restart_max: Duration::from_millis(400),
+        ..GatewayOptions::default()
+    });
+    let mut events = gateway.subscribe();
+    gateway
+        .expose(Route {
+            id: "bad".into(),
+            slug: "bad".into(),
+            upstream: UpstreamSpec::Stdio {
+                command: "/nonexistent/airlock-no-such-binary".into(),
+                args: vec![],
+                env: BTreeMap::new(),
+                cwd: None,
+            },
+        })
+        .await
+        .expect("expose");
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let ev = tokio::time::timeout(BOUND, events.recv())
+            .await
+            .expect("status in time")
+            .expect("status");
+        if let Health::Restarting {
+            attempt,
+            retry_in_ms,
+            last_error,
+        } = ev.health
+        {
+            assert!(last_error.contains("failed to start"), "{last_error}");
+            seen.push((attempt, retry_in_ms));
+        }
+    }
+    for (i, (attempt, retry)) in seen.iter().enumerate() {
+        assert_eq!(*attempt as usize, i + 1);
+        let full = (100u64 << i).min(400);
+        assert!(
+            (full / 2..=full).contains(retry),
+            "attempt {attempt}: retry {retry} ms outside [{}, {full}]",
+            full / 2
+        );
+    }
+    assert!(gateway.unexpose("bad").await);
+}
+
+/// A legacy client that reports tools/list_changed notifications.
+struct Watcher(tokio::sync::mpsc::Sender<()>);
+
+impl rmcp::ClientHandler for Watcher {
+    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
+        let _ = self.0.try_send(());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_changed_reaches_every_session() {
+    let h = Harness::start().await;
+    h.expose_fixture("fx", "fx", &["--legacy"]).await;
+    h.wait_ready("fx", None).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let watcher = tokio::time::timeout(BOUND, Watcher(tx).serve(transport(&h.url("fx"))))
+        .await
+        .expect("init in time")
+        .expect("init");
+    // Give the watcher's standalone GET stream a moment to open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = legacy_client(&h.url("fx")).await;
+    assert_eq!(
+        call_text(&other, "notify_tools_changed", json!({})).await,
+        "sent"
+    );
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("list_changed must reach the other session")
+        .expect("channel open");
+    let _ = watcher.cancel().await;
+    let _ = other.cancel().await;
+    h.stop().await;
+}
