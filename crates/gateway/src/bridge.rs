@@ -1123,6 +1123,9 @@ async fn run_child_once(
         }
     };
     let pid = transport.id();
+    // The child leads its own process group; whatever is left of the group (e.g. `npx` → `sh` →
+    // `node`) is killed when this run ends.
+    let _group = ProcessGroupGuard(pid);
     *lock(&shared.last_stderr) = None;
     if let Some(stderr) = stderr {
         tokio::spawn(log_stderr(shared.clone(), stderr));
@@ -1234,6 +1237,23 @@ async fn run_child_once(
         healthy_for,
         false,
     )
+}
+
+struct ProcessGroupGuard(Option<u32>);
+
+impl Drop for ProcessGroupGuard {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pgid) = self.0.and_then(|p| i32::try_from(p).ok())
+            && pgid > 1
+        {
+            // ESRCH (group already gone) is the normal case.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 fn with_stderr(shared: &Shared, msg: String) -> String {

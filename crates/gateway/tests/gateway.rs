@@ -920,3 +920,53 @@ async fn list_changed_reaches_every_session() {
     let _ = other.cancel().await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unexpose_kills_the_whole_process_group() {
+    let h = Harness::start().await;
+    let dir = std::env::temp_dir().join(format!("airlock-gw-pg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let pid_file = dir.join("grandchild.pid");
+    let script = format!(
+        "sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > '{}'; exec '{}'",
+        pid_file.display(),
+        FIXTURE
+    );
+    h.gateway
+        .expose(Route {
+            id: "pg".into(),
+            slug: "pg".into(),
+            upstream: UpstreamSpec::Stdio {
+                command: "sh".into(),
+                args: vec!["-c".into(), script],
+                env: BTreeMap::new(),
+                cwd: Some(dir.clone()),
+            },
+        })
+        .await
+        .expect("expose");
+    h.wait_ready("pg", None).await;
+    let grandchild: u32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(proc_alive_now(grandchild), "grandchild should be running");
+    assert!(h.gateway.unexpose("pg").await);
+    assert!(
+        !proc_alive(grandchild).await,
+        "grandchild in the child's process group must be killed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    h.stop().await;
+}
+
+fn proc_alive_now(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("");
+        state != "Z" && state != "X"
+    })
+}
