@@ -30,6 +30,51 @@ pub struct Config {
     /// Keyed by server id.
     #[serde(default)]
     pub servers: BTreeMap<String, ServerConfig>,
+    #[serde(default)]
+    pub keystore: KeystoreConfig,
+    /// The Anthropic-compatible tunnel ingress (a drop-in for `mcp-proxy`); absent = not running.
+    pub anthropic: Option<AnthropicConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeystoreConfig {
+    /// `auto` (the OS keychain when one answers, else 0600 files with a warning), `keychain` or `file`.
+    #[serde(default)]
+    pub backend: Option<String>,
+}
+
+/// Mirrors the fields of Anthropic's proxy `config.yaml` that make sense on a developer machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnthropicConfig {
+    /// The tunnel's domain, e.g. `abcd1234.tunnel.anthropic.com`.
+    pub tunnel_domain: String,
+    /// Where cloudflared connects (plain WebSocket; inner TLS inside it).
+    #[serde(default = "default_listen_addr")]
+    pub listen_addr: String,
+    /// Browser origins allowed to open the WebSocket (none by default: no web page may reach it).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Extra routes (e.g. imported from `config.yaml`): subdomain or full host → `scheme://host:port`.
+    #[serde(default)]
+    pub routes: BTreeMap<String, String>,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// CIDRs or addresses upstreams may resolve to; replaces the default (RFC 1918).
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
+    #[serde(default)]
+    pub disable_ip_validation: bool,
+}
+
+pub fn default_listen_addr() -> String {
+    "127.0.0.1:8080".to_string()
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -120,6 +165,8 @@ pub enum Edit<'a> {
     Unexpose {
         id: &'a str,
     },
+    /// Replaces the whole `[anthropic]` section (`None` removes it).
+    SetAnthropic(Option<&'a AnthropicConfig>),
 }
 
 /// Applies `edit` to the file atomically and returns the new config. Refuses to touch a file that does not parse.
@@ -171,6 +218,19 @@ pub fn update(path: &Path, edit: Edit<'_>) -> Result<Config, AgentError> {
                 entry["exposed"] = toml_edit::value(false);
             }
         }
+        Edit::SetAnthropic(section) => {
+            doc.remove("anthropic");
+            if let Some(section) = section {
+                let text = toml::to_string(&Wrapper { anthropic: section })
+                    .map_err(|e| AgentError::Invalid(format!("serialising [anthropic]: {e}")))?;
+                let parsed: toml_edit::DocumentMut = text
+                    .parse()
+                    .map_err(|e: toml_edit::TomlError| AgentError::Invalid(e.to_string()))?;
+                if let Some(item) = parsed.get("anthropic") {
+                    doc.insert("anthropic", item.clone());
+                }
+            }
+        }
     }
     let mut new_text = doc.to_string();
     if new_file {
@@ -179,6 +239,11 @@ pub fn update(path: &Path, edit: Edit<'_>) -> Result<Config, AgentError> {
     let config = parse(path, &new_text)?;
     write_atomic(path, new_text.as_bytes(), 0o644)?;
     Ok(config)
+}
+
+#[derive(Serialize)]
+struct Wrapper<'a> {
+    anthropic: &'a AnthropicConfig,
 }
 
 fn table<'d>(
@@ -306,6 +371,29 @@ mod tests {
         assert_eq!(server.hostname, "everything");
         assert!(!server.exposed);
         assert_eq!(load(&path).unwrap(), cfg);
+    }
+
+    #[test]
+    fn anthropic_section_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        fs::write(&path, "# keep me\n[gateway]\nport = 5\n").unwrap();
+        let section = AnthropicConfig {
+            tunnel_domain: "abcd.tunnel.example".into(),
+            listen_addr: default_listen_addr(),
+            allowed_origins: vec![],
+            routes: [("echo".to_string(), "http://10.0.0.5:9000".to_string())].into(),
+            upstream: UpstreamConfig {
+                allowed_ips: vec!["10.0.0.0/8".into()],
+                disable_ip_validation: false,
+            },
+        };
+        let cfg = update(&path, Edit::SetAnthropic(Some(&section))).unwrap();
+        assert_eq!(cfg.anthropic.as_ref(), Some(&section));
+        assert!(fs::read_to_string(&path).unwrap().contains("# keep me"));
+        assert_eq!(load(&path).unwrap(), cfg);
+        let cfg = update(&path, Edit::SetAnthropic(None)).unwrap();
+        assert!(cfg.anthropic.is_none());
     }
 
     #[test]

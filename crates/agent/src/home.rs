@@ -50,11 +50,6 @@ impl AirlockHome {
     pub fn runtime_path(&self) -> PathBuf {
         self.root.join("run").join("agent.json")
     }
-    /// The loopback gateway's bearer secret (until OAuth replaces it). 0600.
-    pub fn gateway_token_path(&self) -> PathBuf {
-        self.root.join("secrets").join("gateway-token")
-    }
-
     pub fn ensure_dirs(&self) -> Result<(), AgentError> {
         for dir in [
             self.root.clone(),
@@ -85,20 +80,26 @@ impl AirlockHome {
             let _ = fs::remove_file(self.runtime_path());
         }
     }
+}
 
-    /// Reads the gateway secret, creating a random one (0600) on first use.
-    pub fn gateway_token(&self) -> Result<String, AgentError> {
-        let path = self.gateway_token_path();
-        match fs::read_to_string(&path) {
-            Ok(t) if t.trim().len() >= 32 => return Ok(t.trim().to_string()),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(AgentError::io(&path, e)),
-        }
-        let token = random_token();
-        write_atomic(&path, token.as_bytes(), 0o600)?;
-        Ok(token)
+/// The loopback gateway's bearer secret, created on first use and kept in the keystore.
+pub async fn gateway_token(keystore: &airlock_keystore::Keystore) -> Result<String, AgentError> {
+    const NAME: &str = "gateway-token";
+    let fail = |e: airlock_keystore::KeystoreError| {
+        AgentError::Invalid(format!("gateway token in the keystore: {e}"))
+    };
+    if let Some(secret) = keystore.get(NAME).await.map_err(fail)?
+        && let Ok(text) = secret.expose_str()
+        && text.trim().len() >= 32
+    {
+        return Ok(text.trim().to_string());
     }
+    let token = random_token();
+    keystore
+        .set(NAME, &airlock_keystore::Secret::from(token.as_str()))
+        .await
+        .map_err(fail)?;
+    Ok(token)
 }
 
 /// 256 bits from the OS CSPRNG, hex-encoded.
@@ -129,4 +130,23 @@ pub fn pid_alive(pid: u32) -> bool {
         let _ = pid;
         true
     }
+}
+
+/// Opens the keystore for this home: `choice` from the command line wins over `[keystore] backend` in config.toml.
+pub async fn open_keystore(
+    home: &AirlockHome,
+    config_choice: Option<&str>,
+    choice: Option<airlock_keystore::KeystoreChoice>,
+) -> Result<airlock_keystore::Keystore, AgentError> {
+    let choice = match (choice, config_choice) {
+        (Some(c), _) => c,
+        (None, Some(text)) => text
+            .parse()
+            .map_err(|e| AgentError::Invalid(format!("[keystore] backend in config.toml: {e}")))?,
+        (None, None) => airlock_keystore::KeystoreChoice::Auto,
+    };
+    let namespace = airlock_keystore::Namespace::for_home(home.root());
+    airlock_keystore::open(choice, &namespace, &home.root().join("secrets"))
+        .await
+        .map_err(|e| AgentError::Invalid(format!("opening the keystore: {e}")))
 }

@@ -42,6 +42,8 @@ pub struct AgentOptions {
     pub gateway_port: Option<u16>,
     /// Where discovery looks; `None` = this process's HOME and environment.
     pub discovery_env: Option<DiscoveryEnv>,
+    /// Overrides `[keystore] backend` from config.toml.
+    pub keystore: Option<airlock_keystore::KeystoreChoice>,
 }
 
 /// Runs the agent until `shutdown` is cancelled, then drains: in-flight requests finish, children are stopped.
@@ -58,7 +60,10 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
         });
     }
     let mut config = config::load(&home.config_path())?;
-    let gateway_token = home.gateway_token()?;
+    let keystore =
+        home::open_keystore(&home, config.keystore.backend.as_deref(), opts.keystore).await?;
+    tracing::info!(backend = %keystore.backend(), "keystore opened");
+    let gateway_token = home::gateway_token(&keystore).await?;
 
     // The gateway port is chosen once and kept, so URLs handed to clients survive restarts.
     let wanted_port = opts.gateway_port.or(config.gateway.port).unwrap_or(0);

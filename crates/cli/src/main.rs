@@ -26,6 +26,10 @@ struct Cli {
     /// Log format of `airlock up` (logs go to stderr; RUST_LOG filters them).
     #[arg(long, value_enum, default_value = "text", global = true)]
     log_format: LogFormat,
+    /// Where secrets live: `auto` (OS keychain, else 0600 files with a warning), `keychain` or `file`.
+    /// Default: `[keystore] backend` in config.toml, else auto.
+    #[arg(long, global = true, value_parser = parse_keystore)]
+    keystore: Option<airlock_keystore::KeystoreChoice>,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,6 +83,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The inner-TLS certificate authority of the tunnel domain.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print the CA certificate (PEM) to register with the tunnel (Console: Certificates > Add certificate).
+    Export {
+        /// Print the pending CA of a rotation instead of the active one.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Print the lowercase hex SHA-256 of the CA certificate's DER (what the Console shows).
+    Fingerprint {
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Start a rotation: create the next CA and print it; it signs nothing until `airlock ca activate`.
+    Rotate,
+    /// Finish a rotation (after registering the new CA): the new CA signs; the old one stays trusted until revoked.
+    Activate,
+    /// List the CAs to keep registered (active, pending, previous).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_keystore(s: &str) -> Result<airlock_keystore::KeystoreChoice, String> {
+    s.parse().map_err(|e| format!("{e}"))
 }
 
 macro_rules! say {
@@ -144,7 +179,8 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
     let home = AirlockHome::resolve(cli.home.clone()).map_err(anyhow::Error::from)?;
     match cli.command {
-        Command::Up { gateway_port } => up(home, gateway_port, cli.log_format).await,
+        Command::Up { gateway_port } => up(home, gateway_port, cli.keystore, cli.log_format).await,
+        Command::Ca(cmd) => ca(&home, cli.keystore, cmd).await,
         Command::Status { json } => status(&home, json).await,
         Command::Servers { json } => servers(&home, json).await,
         Command::Expose {
@@ -187,6 +223,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
 async fn up(
     home: AirlockHome,
     gateway_port: Option<u16>,
+    keystore: Option<airlock_keystore::KeystoreChoice>,
     format: LogFormat,
 ) -> Result<(), Failure> {
     init_logging(format);
@@ -196,6 +233,7 @@ async fn up(
         home,
         gateway_port,
         discovery_env: None,
+        keystore,
     };
     airlock_agent::run(opts, shutdown)
         .await
@@ -447,6 +485,99 @@ async fn expose(
         say!("Credential: `airlock url {id}` prints the bearer token to send.");
     }
     Ok(())
+}
+
+async fn ca(
+    home: &AirlockHome,
+    keystore: Option<airlock_keystore::KeystoreChoice>,
+    cmd: CaCommand,
+) -> Result<(), Failure> {
+    use airlock_agent::pki_store::{PkiStore, Validity};
+    let config = airlock_agent::config::load(&home.config_path()).map_err(anyhow::Error::from)?;
+    let Some(domain) = config.anthropic.as_ref().map(|a| a.tunnel_domain.clone()) else {
+        return Err(Failure {
+            code: 1,
+            message: format!(
+                "no tunnel domain is configured: add `[anthropic] tunnel_domain = \"…\"` to {} \
+                 or run `airlock tunnel import-config <config.yaml>`",
+                home.config_path().display()
+            ),
+        });
+    };
+    let ks = airlock_agent::home::open_keystore(home, config.keystore.backend.as_deref(), keystore)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let store = PkiStore::new(&home.root().join("pki"), &domain, &ks, Validity::default())
+        .map_err(anyhow::Error::from)?;
+    let now = time::OffsetDateTime::now_utc();
+    let pick = |pending: bool| -> Result<airlock_agent::pki_store::CaSummary, Failure> {
+        let role = if pending { "pending" } else { "active" };
+        store
+            .summaries()
+            .into_iter()
+            .find(|s| s.role == role)
+            .ok_or_else(|| Failure {
+                code: 1,
+                message: if pending {
+                    "no rotation is pending; `airlock ca rotate` starts one".into()
+                } else {
+                    "no CA yet".into()
+                },
+            })
+    };
+    match cmd {
+        CaCommand::Export { pending } => {
+            store.ensure_ca(now).await.map_err(anyhow::Error::from)?;
+            let ca = pick(pending)?;
+            say!("{}", ca.pem.trim_end());
+        }
+        CaCommand::Fingerprint { pending } => {
+            store.ensure_ca(now).await.map_err(anyhow::Error::from)?;
+            say!("{}", pick(pending)?.fingerprint);
+        }
+        CaCommand::Rotate => {
+            let next = store.rotate(now).await.map_err(anyhow::Error::from)?;
+            eprintln!(
+                "A new CA was created for {domain}. Register it next to the current one (the Console allows two),\n\
+                 then run `airlock ca activate`. Fingerprint: {}",
+                next.fingerprint_sha256_hex()
+            );
+            say!("{}", next.pem.trim_end());
+            notify_agent(home).await;
+        }
+        CaCommand::Activate => {
+            let (active, _) = store.activate(now).await.map_err(anyhow::Error::from)?;
+            say!("active CA: {}", active.fingerprint_sha256_hex());
+            eprintln!(
+                "The previous CA stays valid; revoke it in the Console once traffic flows with the new one."
+            );
+            notify_agent(home).await;
+        }
+        CaCommand::List { json } => {
+            store.ensure_ca(now).await.map_err(anyhow::Error::from)?;
+            let list = store.summaries();
+            if json {
+                print_json(&json!({ "tunnel_domain": domain, "cas": list }));
+            } else {
+                for ca in list {
+                    say!(
+                        "{:<9} {}  expires {}",
+                        ca.role,
+                        ca.fingerprint,
+                        ca.not_after
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tells a running agent to reload its certificates (best effort: it also checks on its own).
+async fn notify_agent(home: &AirlockHome) {
+    if let Ok(client) = ControlClient::connect(home) {
+        let _ = client.post("/v1/pki/reload", &json!({})).await;
+    }
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
