@@ -24,6 +24,7 @@ use axum::body::Body;
 use rand::Rng;
 use rmcp::{
     ErrorData as McpError, RoleClient, RoleServer, ServerHandler,
+    model::Tool,
     model::{
         CallToolRequestParams, CallToolResponse, CancelTaskParams, CancelledNotificationParam,
         ClientCapabilities, ClientConfig, ClientNotification, ClientRequest, ClientResult,
@@ -67,6 +68,8 @@ const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 const STDERR_LINE_MAX: usize = 2048;
 /// After draining, how long answers get to reach their HTTP streams before those are closed.
 const FLUSH_GRACE: Duration = Duration::from_millis(300);
+/// Upper bound of the tool cache.
+const MAX_CACHED_TOOLS: usize = 4096;
 /// Prune the session → generation map when it grows this large.
 const SESSION_PRUNE_AT: usize = 1024;
 const META_PREFIX_MODERN: &str = "io.modelcontextprotocol/";
@@ -113,6 +116,9 @@ pub(crate) struct Shared {
     session_gens: std::sync::Mutex<HashMap<String, u64>>,
     session_manager: Arc<LocalSessionManager>,
     last_stderr: std::sync::Mutex<Option<String>>,
+    /// The child's tools (for rmcp's `Mcp-Param-*` header validation), refreshed on every
+    /// forwarded `tools/list`, cleared on list_changed and restarts.
+    tools: std::sync::Mutex<HashMap<String, Tool>>,
     stopping: CancellationToken,
 }
 
@@ -175,6 +181,17 @@ impl Shared {
             }
         }
         found.map(|(_, e)| (e.session_peer.clone(), e.client_request_id.clone()))
+    }
+
+    fn remember_tools(&self, tools: &[Tool], replace: bool) {
+        let mut map = lock(&self.tools);
+        if replace {
+            map.clear();
+        }
+        let room = MAX_CACHED_TOOLS.saturating_sub(map.len());
+        for t in tools.iter().take(room) {
+            map.insert(t.name.to_string(), t.clone());
+        }
     }
 
     fn broadcast_peers(&self) -> Vec<Peer<RoleServer>> {
@@ -576,10 +593,17 @@ impl ServerHandler for ProxyService {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
+        let first_page = request.as_ref().is_none_or(|p| p.cursor.is_none());
         let r = self
             .forward(ClientRequest::ListToolsRequest(optional(request)), &context)
             .await?;
-        expect_result!(r, ListToolsResult)
+        let result: ListToolsResult = expect_result!(r, ListToolsResult)?;
+        self.shared.remember_tools(&result.tools, first_page);
+        Ok(result)
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        lock(&self.shared.tools).get(name).cloned()
     }
 
     async fn on_custom_request(
@@ -790,6 +814,12 @@ impl Service<RoleClient> for BridgeClient {
             | ServerNotification::PromptListChangedNotification(_)
             | ServerNotification::ResourceListChangedNotification(_)
             | ServerNotification::ResourceUpdatedNotification(_) => {
+                if matches!(
+                    notification,
+                    ServerNotification::ToolListChangedNotification(_)
+                ) {
+                    lock(&self.shared.tools).clear();
+                }
                 let peers = self.shared.broadcast_peers();
                 let sinks = self.shared.listeners();
                 spawn_fanout(&route, "change notification", async move {
@@ -895,6 +925,7 @@ impl Bridge {
             session_gens: Default::default(),
             session_manager: session_manager.clone(),
             last_stderr: Default::default(),
+            tools: Default::default(),
             stopping: CancellationToken::new(),
         });
         let http_cancel = CancellationToken::new();
@@ -1192,6 +1223,26 @@ async fn run_child_once(
         era: era.to_string(),
         pid,
     });
+    lock(&shared.tools).clear();
+    if running
+        .peer()
+        .peer_info()
+        .is_some_and(|i| i.capabilities.tools.is_some())
+    {
+        // Seed the tool cache so header validation works before any client lists tools.
+        let peer = running.peer().clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let first = tokio::time::timeout(
+                Duration::from_secs(30),
+                peer.send_request(ClientRequest::ListToolsRequest(optional(None))),
+            )
+            .await;
+            if let Ok(Ok(ServerResult::ListToolsResult(r))) = first {
+                shared.remember_tools(&r.tools, true);
+            }
+        });
+    }
     let ready_at = Instant::now();
     let cancel = running.cancellation_token();
     let waiting = running.waiting();

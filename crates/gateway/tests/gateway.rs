@@ -970,3 +970,51 @@ fn proc_alive_now(pid: u32) -> bool {
         state != "Z" && state != "X"
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modern_param_headers_are_validated_against_the_childs_tools() {
+    let h = Harness::start().await;
+    h.expose_fixture("fx", "fx", &[]).await;
+    h.wait_ready("fx", None).await;
+    let http = reqwest::Client::new();
+    let call = |header_region: &'static str| {
+        let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
+            "name":"region","arguments":{"region":"eu"},
+            "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",
+                     "io.modelcontextprotocol/clientCapabilities":{},
+                     "io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"}}}});
+        http.post(h.url("fx"))
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "region")
+            .header("mcp-param-region", header_region)
+            .body(body.to_string())
+            .send()
+    };
+    // The tool cache is seeded right after the child becomes ready; allow it a moment.
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let r = call("us").await.expect("post");
+        if r.status() == 400 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mismatch never rejected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = call("eu").await.expect("post");
+    assert_eq!(r.status(), 200);
+    let msgs = sse_messages(r).await;
+    assert!(
+        msgs.iter()
+            .any(|m| m["result"]["content"][0]["text"] == "eu"
+                && m["result"]["resultType"] == "complete"),
+        "{msgs:?}"
+    );
+    h.stop().await;
+}

@@ -72,6 +72,13 @@ fn tools() -> Vec<Tool> {
             schema(serde_json::json!({"type":"object","properties":{}})),
         ),
         Tool::new(
+            "region",
+            "Returns its `region` argument (mirrored in the Mcp-Param-Region header)",
+            schema(
+                serde_json::json!({"type":"object","properties":{"region":{"type":"string","x-mcp-header":"Region"}},"required":["region"]}),
+            ),
+        ),
+        Tool::new(
             "sample",
             "Asks the client for a sampling/createMessage and returns the answer",
             schema(serde_json::json!({"type":"object","properties":{}})),
@@ -186,6 +193,14 @@ impl ServerHandler for Fixture {
             "crash" => {
                 eprintln!("airlock-fixture-mcp: crash requested, exiting");
                 std::process::exit(3);
+            }
+            "region" => {
+                let region = args
+                    .as_ref()
+                    .and_then(|a| a.get("region"))
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or_else(|| McpError::invalid_params("missing `region`", None))?;
+                CallToolResult::success(vec![Content::text(region)])
             }
             "sample" => {
                 let params =
