@@ -657,3 +657,134 @@ async fn stop(child: &mut Child, pid: u32, grace: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REG: &str = "2026-05-19T10:00:01Z INF Registered tunnel connection connIndex=2 connection=0b3c1f4e-6a51-4a3e-9d7b-2a1f0c9e8d71 event=0 ip=198.41.192.27 location=lhr01 protocol=quic";
+
+    #[test]
+    fn parses_cloudflared_wording() {
+        assert_eq!(
+            parse_line(REG),
+            Some(LogEvent::Registered {
+                conn_index: Some(2)
+            })
+        );
+        assert_eq!(
+            parse_line(
+                "2026-05-19T10:05:00Z INF Unregistered tunnel connection connIndex=2 event=0 ip=198.41.192.27"
+            ),
+            Some(LogEvent::Lost {
+                conn_index: Some(2)
+            })
+        );
+        assert_eq!(
+            parse_line(
+                "2026-05-19T10:05:00Z ERR Connection terminated error=\"timeout: no recent network activity\" connIndex=1"
+            ),
+            Some(LogEvent::Lost {
+                conn_index: Some(1)
+            })
+        );
+        assert_eq!(
+            parse_line(
+                "\u{1b}[32m2026-05-19T10:00:01Z\u{1b}[0m \u{1b}[32mINF\u{1b}[0m Registered tunnel connection \u{1b}[36mconnIndex=\u{1b}[0m3"
+            ),
+            Some(LogEvent::Registered {
+                conn_index: Some(3)
+            })
+        );
+        assert_eq!(
+            parse_line("2026-05-19T10:00:00Z ERR Provided Tunnel token is not valid."),
+            Some(LogEvent::Error(
+                "Provided Tunnel token is not valid.".into()
+            ))
+        );
+        assert_eq!(
+            parse_line(
+                "2026-05-19T10:00:00Z WRN failed to sufficiently increase receive buffer size (was: 208 kiB, wanted: 7168 kiB, got: 416 kiB)."
+            ),
+            None
+        );
+        assert_eq!(
+            parse_line("2026-05-19T10:00:00Z INF Starting tunnel tunnelID=x"),
+            None
+        );
+    }
+
+    #[test]
+    fn connection_count_by_index() {
+        let mut c = Connections::default();
+        for i in 0..4 {
+            assert!(c.apply(&LogEvent::Registered {
+                conn_index: Some(i)
+            }));
+        }
+        assert_eq!(c.count(), 4);
+        // Re-registration of the same index does not double count.
+        assert!(!c.apply(&LogEvent::Registered {
+            conn_index: Some(1)
+        }));
+        assert_eq!(c.count(), 4);
+        assert!(c.apply(&LogEvent::Lost {
+            conn_index: Some(1)
+        }));
+        // A terminated connection that never registered changes nothing.
+        assert!(!c.apply(&LogEvent::Lost {
+            conn_index: Some(9)
+        }));
+        assert!(!c.apply(&LogEvent::Lost {
+            conn_index: Some(1)
+        }));
+        assert_eq!(c.count(), 3);
+        assert!(c.apply(&LogEvent::Registered { conn_index: None }));
+        assert_eq!(c.count(), 4);
+        assert!(c.apply(&LogEvent::Lost { conn_index: None }));
+        assert_eq!(c.count(), 3);
+    }
+
+    #[test]
+    fn backoff_grows_jitters_and_caps() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        assert_eq!(backoff_delay(1, min, max, 0.0), min);
+        assert_eq!(
+            backoff_delay(1, min, max, 0.999),
+            Duration::from_millis(999).max(min)
+        );
+        assert_eq!(backoff_delay(3, min, max, 0.0), Duration::from_secs(2));
+        assert_eq!(backoff_delay(3, min, max, 1.0), Duration::from_secs(4));
+        let d = backoff_delay(4, min, max, 0.5);
+        assert!(
+            d > Duration::from_secs(4) && d < Duration::from_secs(8),
+            "{d:?}"
+        );
+        for attempt in [7, 8, 40, u32::MAX] {
+            let d = backoff_delay(attempt, min, max, 1.0);
+            assert_eq!(d, max, "attempt {attempt}");
+            assert!(backoff_delay(attempt, min, max, 0.0) >= max / 2);
+        }
+    }
+
+    #[test]
+    fn token_is_redacted_in_debug() {
+        let t = TunnelToken::new("eyJhIjoic2VjcmV0In0");
+        assert!(!format!("{t:?}").contains("eyJ"));
+    }
+
+    #[test]
+    fn state_serialises_tagged_snake_case() {
+        let s = serde_json_like(&CloudflaredState::Running {
+            connections: 4,
+            pid: 42,
+        });
+        assert_eq!(s, r#"{"state":"running","connections":4,"pid":42}"#);
+        let s = serde_json_like(&CloudflaredState::NotInstalled { hint: "h".into() });
+        assert_eq!(s, r#"{"state":"not_installed","hint":"h"}"#);
+    }
+
+    fn serde_json_like(v: &CloudflaredState) -> String {
+        serde_json::to_string(v).unwrap()
+    }
+}
