@@ -72,6 +72,13 @@ pub enum EgressError {
     /// DNS answered with nothing.
     #[error("{host}:{port} resolved to no addresses")]
     NoAddresses { host: String, port: u16 },
+    /// The whole connect (resolve plus attempts) took longer than [`Timeouts::total`].
+    #[error("connecting to {host}:{port} timed out after {timeout:?}")]
+    Timeout {
+        host: String,
+        port: u16,
+        timeout: Duration,
+    },
     /// DNS took too long.
     #[error("resolving {host}:{port} timed out after {timeout:?}")]
     ResolveTimeout {
@@ -103,6 +110,8 @@ pub struct Timeouts {
     pub resolve: Duration,
     /// Each TCP connect attempt.
     pub connect: Duration,
+    /// The whole operation (resolve plus every connect attempt).
+    pub total: Duration,
 }
 
 impl Default for Timeouts {
@@ -110,6 +119,7 @@ impl Default for Timeouts {
         Self {
             resolve: Duration::from_secs(10),
             connect: Duration::from_secs(10),
+            total: Duration::from_secs(30),
         }
     }
 }
@@ -200,6 +210,26 @@ pub async fn connect_checked(
 /// Resolve once, check every address, then dial the checked addresses in answer order until
 /// one connects. Returns the stream and the address it is connected to.
 pub async fn connect_checked_with(
+    host: &str,
+    port: u16,
+    policy: &IpPolicy,
+    purpose: Purpose,
+    resolver: &dyn Resolver,
+    dialer: &dyn Dialer,
+    timeouts: Timeouts,
+) -> Result<(BoxStream, SocketAddr), EgressError> {
+    let attempt = connect_inner(host, port, policy, purpose, resolver, dialer, timeouts);
+    match tokio::time::timeout(timeouts.total, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(EgressError::Timeout {
+            host: host.to_owned(),
+            port,
+            timeout: timeouts.total,
+        }),
+    }
+}
+
+async fn connect_inner(
     host: &str,
     port: u16,
     policy: &IpPolicy,

@@ -219,3 +219,75 @@ async fn real_loopback_listener_for_user_exposed() {
     assert!(matches!(err, EgressError::Loopback { .. }), "{err}");
     assert!(dialer.attempts().is_empty());
 }
+
+/// A resolver that never answers, and a dialer that never connects (and records attempts).
+struct Hanging;
+
+impl airlock_egress::Resolver for Hanging {
+    fn resolve<'a>(
+        &'a self,
+        _host: &'a str,
+        _port: u16,
+    ) -> airlock_egress::BoxFuture<'a, std::io::Result<Vec<SocketAddr>>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[derive(Default)]
+struct Stalling(std::sync::Mutex<Vec<SocketAddr>>);
+
+impl airlock_egress::Dialer for Stalling {
+    fn dial(
+        &self,
+        addr: SocketAddr,
+    ) -> airlock_egress::BoxFuture<'_, std::io::Result<airlock_egress::BoxStream>> {
+        self.0.lock().expect("not poisoned").push(addr);
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn resolve_and_connect_are_time_bounded() {
+    let timeouts = airlock_egress::Timeouts::default();
+    let dialer = RecordingDialer::refusing();
+    let err = airlock_egress::connect_checked_with(
+        "slow.example",
+        80,
+        &IpPolicy::default(),
+        Purpose::Fetch,
+        &Hanging,
+        &dialer,
+        timeouts,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(matches!(err, EgressError::ResolveTimeout { .. }), "{err}");
+    assert!(dialer.attempts().is_empty());
+
+    // Each stalled connect gives up after `connect`; the whole thing after `total`.
+    let many: Vec<IpAddr> = (1..=8).map(|i| ip(&format!("10.0.0.{i}"))).collect();
+    let r = StaticResolver::new().with("many.example", many);
+    let stalling = Stalling::default();
+    let timeouts = airlock_egress::Timeouts {
+        total: std::time::Duration::from_secs(25),
+        ..timeouts
+    };
+    let start = tokio::time::Instant::now();
+    let err = airlock_egress::connect_checked_with(
+        "many.example",
+        80,
+        &IpPolicy::default(),
+        Purpose::Fetch,
+        &r,
+        &stalling,
+        timeouts,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(matches!(err, EgressError::Timeout { .. }), "{err}");
+    assert_eq!(start.elapsed(), timeouts.total);
+    let tried = stalling.0.lock().unwrap().len();
+    assert_eq!(tried, 3, "attempts at 0 s, 10 s and 20 s; gave up at 25 s");
+}

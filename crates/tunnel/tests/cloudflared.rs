@@ -208,6 +208,13 @@ async fn missing_token_exit_is_reported_in_backoff() {
         last_error.contains("requires the ID or name of the tunnel"),
         "{last_error}"
     );
+    // It keeps failing, so it keeps backing off with a growing attempt number.
+    wait_for(&mut rx, "Backoff attempt 2", |s| {
+        matches!(s, CloudflaredState::Backoff { attempt: 2.., .. })
+    })
+    .await;
+    let runs = std::fs::read_to_string(dir.path().join("runs.log")).unwrap();
+    assert!(runs.lines().count() >= 2, "{runs}");
     sup.shutdown().await;
     assert_eq!(*rx.borrow(), CloudflaredState::Stopped);
 }
