@@ -1018,3 +1018,39 @@ async fn modern_param_headers_are_validated_against_the_childs_tools() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modern_listen_streams_receive_list_changed() {
+    let h = Harness::start().await;
+    h.expose_fixture("fx", "fx", &["--legacy"]).await;
+    h.wait_ready("fx", None).await;
+    let modern = modern_client(&h.url("fx")).await;
+    let filter = rmcp::model::SubscriptionFilter::builder()
+        .tools_list_changed()
+        .build();
+    let mut sub = tokio::time::timeout(BOUND, modern.peer().listen(filter))
+        .await
+        .expect("listen in time")
+        .expect("listen");
+    assert_eq!(sub.acknowledged().tools_list_changed, Some(true));
+    let other = legacy_client(&h.url("fx")).await;
+    assert_eq!(
+        call_text(&other, "notify_tools_changed", json!({})).await,
+        "sent"
+    );
+    let note = tokio::time::timeout(Duration::from_secs(20), sub.next())
+        .await
+        .expect("notification in time")
+        .expect("subscription open");
+    assert!(
+        matches!(
+            note,
+            Some(rmcp::model::ServerNotification::ToolListChangedNotification(_))
+        ),
+        "{note:?}"
+    );
+    let _ = sub.cancel().await;
+    let _ = modern.cancel().await;
+    let _ = other.cancel().await;
+    h.stop().await;
+}

@@ -105,7 +105,12 @@ fn arg_f64(args: &Option<JsonObject>, key: &str) -> Result<f64, McpError> {
 
 impl ServerHandler for Fixture {
     fn get_info(&self) -> ServerConfig {
-        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build());
+        let mut info = ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        );
         info.server_info = Implementation::new("airlock-fixture-mcp", env!("CARGO_PKG_VERSION"));
         info.instructions = Some("Airlock test fixture".into());
         info
