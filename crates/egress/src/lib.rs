@@ -13,6 +13,16 @@
 //! all with bounded timeouts. Tests swap in [`StaticResolver`] and [`RecordingDialer`] to prove
 //! a refusal happens before any packet leaves.
 //!
+//! ```no_run
+//! # async fn demo() -> Result<(), airlock_egress::EgressError> {
+//! use airlock_egress::{connect_checked, IpPolicy, Purpose, SystemResolver, TcpDialer};
+//! let policy = IpPolicy::from_config(&["10.0.0.0/8"], false)?;
+//! let (stream, addr) =
+//!     connect_checked("docs-mcp.corp", 8080, &policy, Purpose::UserExposed, &SystemResolver, &TcpDialer)
+//!         .await?;
+//! # drop((stream, addr)); Ok(()) }
+//! ```
+//!
 //! [`IpPolicy`] follows Anthropic's `mcp-proxy` semantics (RFC1918 by default, `allowed_ips`
 //! replaces the default, `disable_ip_validation`), with Airlock's own rules on top (link-local /
 //! cloud metadata, loopback and unroutable addresses); see its docs.
