@@ -478,6 +478,43 @@ impl ProxyConfig {
         })
     }
 
+    /// Things the proxy accepts but that are probably mistakes, one sentence each (for
+    /// `airlock status` / doctor output): `https` routes with no trust anchor, bare subdomain
+    /// keys without a `tunnel_domain`, no routes, a catch-all `allowed_ips` entry.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.routes.is_empty() {
+            out.push(
+                "no routes are configured, so every request gets 502 No route configured for host"
+                    .to_owned(),
+            );
+        }
+        let trust = self.upstream.tls.ca_file.is_some() || self.upstream.tls.include_system_cas;
+        for route in self.routes.values() {
+            if route.upstream.scheme == UpstreamScheme::Https && !trust {
+                out.push(format!(
+                    "route {:?} is https but neither upstream.tls.ca_file nor upstream.tls.include_system_cas is set, so its certificate cannot be verified",
+                    route.name
+                ));
+            }
+            if self.tunnel_domain.is_empty() && !route.name.contains('.') {
+                out.push(format!(
+                    "route {:?} looks like a subdomain but tunnel_domain is empty, so it only matches the literal host {:?}",
+                    route.name, route.name
+                ));
+            }
+        }
+        if self
+            .upstream
+            .allowed_ips
+            .iter()
+            .any(|n| n.prefix_len() == 0)
+        {
+            out.push("upstream.allowed_ips contains a catch-all (0.0.0.0/0 or ::/0), which turns off SSRF protection except Airlock's link-local and loopback rules".to_owned());
+        }
+        out
+    }
+
     /// The upstream IP policy these settings describe.
     pub fn ip_policy(&self) -> IpPolicy {
         if self.upstream.disable_ip_validation {

@@ -312,3 +312,20 @@ fn go_durations() {
         assert_eq!(parse_go_duration(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn warnings_for_likely_mistakes() {
+    let c = parse(EXAMPLE).unwrap();
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let c = ProxyConfig::from_yaml_str(
+        "listen_addr: \":8080\"\ntls: {cert_file: a, key_file: b}\nroutes:\n  docs: https://docs:8443\nupstream:\n  allowed_ips: [0.0.0.0/0]\n",
+        &HashMap::new(),
+    )
+    .unwrap();
+    let w = c.warnings().join("\n");
+    assert!(w.contains("\"docs\" is https"), "{w}");
+    assert!(w.contains("tunnel_domain is empty"), "{w}");
+    assert!(w.contains("catch-all"), "{w}");
+    let empty = parse("listen_addr: \":8080\"\ntls: {cert_file: a, key_file: b}\n").unwrap();
+    assert!(empty.warnings()[0].contains("no routes"));
+}
