@@ -1158,9 +1158,7 @@ async fn run_child_once(
     // `node`) is killed when this run ends.
     let _group = ProcessGroupGuard(pid);
     *lock(&shared.last_stderr) = None;
-    if let Some(stderr) = stderr {
-        tokio::spawn(log_stderr(shared.clone(), stderr));
-    }
+    let stderr_task = stderr.map(|stderr| tokio::spawn(log_stderr(shared.clone(), stderr)));
     let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
     let client = BridgeClient {
         shared: shared.clone(),
@@ -1267,6 +1265,10 @@ async fn run_child_once(
     });
     if stopped {
         return ("stopped".into(), healthy_for, false);
+    }
+    // Let the stderr reader catch the child's last words (the pipe closes with the process).
+    if let Some(task) = stderr_task {
+        let _ = tokio::time::timeout(Duration::from_millis(500), task).await;
     }
     // Sessions minted before the restart get 404 from now on (see `Bridge::handle`). End their
     // streams once the failed in-flight requests have had their error responses written.

@@ -407,6 +407,7 @@ async fn crash_mid_call_errors_promptly_restarts_and_expires_sessions() {
     let (_, pid1) = h.wait_ready("fx", None).await;
     let raw = Raw::new(h.url("fx"));
     let sid = raw.open_session().await;
+    let mut events = h.gateway.subscribe();
 
     // A long call in flight…
     let slow = {
@@ -452,6 +453,18 @@ async fn crash_mid_call_errors_promptly_restarts_and_expires_sessions() {
     // Restarted with a new process.
     let (_, pid2) = h.wait_ready("fx", Some(pid1)).await;
     assert_ne!(pid1, pid2);
+    // The restart was reported, with the child's last stderr line as context.
+    let mut restarting = None;
+    while let Ok(ev) = events.try_recv() {
+        if let Health::Restarting { last_error, .. } = ev.health {
+            restarting = Some(last_error);
+        }
+    }
+    let last_error = restarting.expect("a Restarting status was broadcast");
+    assert!(
+        last_error.contains("exited") && last_error.contains("crash requested"),
+        "{last_error}"
+    );
     // Old session → 404, so clients re-initialize.
     let resp = raw
         .post(
