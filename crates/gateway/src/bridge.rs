@@ -929,7 +929,10 @@ impl Bridge {
             stopping: CancellationToken::new(),
         });
         let http_cancel = CancellationToken::new();
+        // Host and Origin are checked by each ingress, which knows its own names (loopback ports,
+        // tunnel hostnames); rmcp's loopback-only default would refuse every tunnel request.
         let config = StreamableHttpServerConfig::default()
+            .disable_allowed_hosts()
             .with_max_request_body_bytes(opts.max_body_bytes)
             .with_cancellation_token(http_cancel.clone());
         let factory_shared = shared.clone();
