@@ -11,9 +11,9 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::{ProtoError, UsageError};
 use crate::frame::{
-    self, Decoder, Frame, Hello, MAX_AGENT_NAME_LEN, MAX_DATA_PAYLOAD, MAX_REASON_LEN,
-    MAX_STREAMS, MAX_TOKEN_LEN, MAX_VERSIONS, MAX_WINDOW, MIN_WINDOW, SESSION_ID_LEN, StreamId,
-    Welcome, code, reject,
+    self, Decoder, Frame, Hello, MAX_AGENT_NAME_LEN, MAX_DATA_PAYLOAD, MAX_REASON_LEN, MAX_STREAMS,
+    MAX_TOKEN_LEN, MAX_VERSIONS, MAX_WINDOW, MIN_WINDOW, SESSION_ID_LEN, StreamId, Welcome, code,
+    reject,
 };
 
 /// Control frames (RESET for refused streams, GOAWAY, ...) may push the output buffer this far
@@ -476,8 +476,8 @@ impl Connection {
                 max: self.config.max_streams,
             });
         }
-        let id = u32::try_from(self.next_local_stream)
-            .map_err(|_| UsageError::StreamIdsExhausted)?;
+        let id =
+            u32::try_from(self.next_local_stream).map_err(|_| UsageError::StreamIdsExhausted)?;
         let stream = StreamId(id);
         frame::encode(
             &Frame::Open {
@@ -741,7 +741,10 @@ impl Connection {
                     return Ok(());
                 };
                 if s.recv_fin {
-                    return Err(ProtoError::AfterFin { frame: "FIN", stream });
+                    return Err(ProtoError::AfterFin {
+                        frame: "FIN",
+                        stream,
+                    });
                 }
                 s.recv_fin = true;
                 self.events.push_back(Event::StreamFinished { stream });
@@ -871,7 +874,7 @@ impl Connection {
                 state: "acting as relay (only the relay opens streams)",
             });
         }
-        if stream.0 % 2 == 0 {
+        if stream.0.is_multiple_of(2) {
             return Err(ProtoError::BadStreamId {
                 frame: "OPEN",
                 id: stream.0,
@@ -937,8 +940,8 @@ impl Connection {
 
     fn is_local(&self, id: StreamId) -> bool {
         match self.role {
-            Role::Relay => id.0 % 2 == 1,
-            Role::Agent => id.0 % 2 == 0,
+            Role::Relay => !id.0.is_multiple_of(2),
+            Role::Agent => id.0.is_multiple_of(2),
         }
     }
 

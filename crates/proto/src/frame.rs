@@ -336,7 +336,12 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(a))
     }
     /// A length-prefixed byte string; the length is checked against `max` before reading.
-    fn bytes(&mut self, len: usize, max: usize, field: &'static str) -> Result<&'a [u8], ProtoError> {
+    fn bytes(
+        &mut self,
+        len: usize,
+        max: usize,
+        field: &'static str,
+    ) -> Result<&'a [u8], ProtoError> {
         if len > max {
             return Err(ProtoError::FieldTooLong { field, len, max });
         }
@@ -556,7 +561,12 @@ fn parse_payload(h: Header, payload: &[u8]) -> Result<Frame, ProtoError> {
     Ok(f)
 }
 
-fn put_len_u8(out: &mut BytesMut, field: &'static str, b: &[u8], max: usize) -> Result<(), ProtoError> {
+fn put_len_u8(
+    out: &mut BytesMut,
+    field: &'static str,
+    b: &[u8],
+    max: usize,
+) -> Result<(), ProtoError> {
     if b.len() > max || b.len() > usize::from(u8::MAX) {
         return Err(ProtoError::FieldTooLong {
             field,
@@ -652,11 +662,21 @@ fn encode_control(frame: &Frame, out: &mut BytesMut) -> Result<(), ProtoError> {
             }
             out.put_u32(h.initial_window);
             put_len_u16(out, "token", &h.token, MAX_TOKEN_LEN)?;
-            put_len_u8(out, "agent_name", h.agent_name.as_bytes(), MAX_AGENT_NAME_LEN)?;
+            put_len_u8(
+                out,
+                "agent_name",
+                h.agent_name.as_bytes(),
+                MAX_AGENT_NAME_LEN,
+            )?;
         }
         Frame::Welcome(w) => {
             out.put_u16(w.version);
-            put_len_u8(out, "tunnel_domain", w.tunnel_domain.as_bytes(), MAX_HOSTNAME_LEN)?;
+            put_len_u8(
+                out,
+                "tunnel_domain",
+                w.tunnel_domain.as_bytes(),
+                MAX_HOSTNAME_LEN,
+            )?;
             out.put_slice(&w.session_id);
             out.put_u32(w.max_streams);
             out.put_u32(w.initial_window);
