@@ -1,7 +1,7 @@
 //! Serves exposed MCP servers over Streamable HTTP.
 //!
 //! Layout:
-//! - [`bridge`] (private): the stdio bridge. A supervisor task per exposed stdio server spawns ONE
+//! - `bridge` (private): the stdio bridge. A supervisor task per exposed stdio server spawns ONE
 //!   shared child process, probes its protocol era with rmcp's lifecycle probe (`server/discover`,
 //!   falling back to `initialize`), restarts it with jittered exponential backoff when it dies, and
 //!   stops it (stdin close → SIGTERM → SIGKILL) on unexpose/shutdown. The HTTP side is rmcp's
@@ -10,7 +10,7 @@
 //!   `Peer<RoleClient>` to the child, so JSON-RPC ids towards the child are assigned by the bridge.
 //!   Server→client traffic is routed back: progress by progress token, other notifications and
 //!   server requests by the in-flight request that caused them, list_changed to every session.
-//! - [`http_proxy`] (private): reverse proxy for MCP servers already listening on loopback/private
+//! - `http_proxy` (private): reverse proxy for MCP servers already listening on loopback/private
 //!   addresses (streaming bodies, credentials and hop-by-hop headers stripped).
 //! - [`ingress`]: who may call and how connections arrive — the [`Authorizer`] trait,
 //!   [`BearerToken`], the loopback ingress [`serve_loopback`] (`/<slug>/...` routing, Host/Origin
@@ -18,6 +18,18 @@
 //!
 //! [`Gateway`] ties them together: a registry of routes, their health ([`RouteStatus`]) and a
 //! per-route HTTP entry point ([`Gateway::handle`]).
+//!
+//! Semantics worth knowing:
+//! - A stdio route serves its MCP endpoint at `/mcp` (relative to the route). Legacy clients
+//!   (`initialize`, `MCP-Session-Id`, GET stream, DELETE) and 2026-07-28 clients (stateless POSTs,
+//!   `server/discover`) are both served, whatever era the child speaks. Sessions minted before a
+//!   child restart get `404` so clients re-initialize.
+//! - An HTTP route forwards the relative path and query unchanged to the upstream's
+//!   `scheme://host:port` (so `http://127.0.0.1:9000/mcp` is reached at `/<slug>/mcp`).
+//! - Server→client requests (sampling, elicitation) reach the HTTP session whose in-flight request
+//!   caused them when exactly one session has requests in flight; otherwise the child gets a
+//!   JSON-RPC error at once. The bridge does not advertise `roots` to children.
+//! - Environment values of stdio children are never logged.
 
 mod bridge;
 mod http_proxy;
