@@ -396,6 +396,9 @@ impl Gateway {
     /// The HTTP service for one route, path relative to the route (the stdio bridge serves
     /// `/mcp`; an HTTP upstream gets the path/query unchanged, appended to the upstream's
     /// scheme://host:port).
+    ///
+    /// No Host/Origin/credential checks happen here: the calling ingress is responsible for them
+    /// (see [`serve_loopback`] for the loopback rules).
     pub async fn handle(
         &self,
         route_id: &str,
