@@ -46,6 +46,7 @@ pub fn router(state: Arc<AgentState>, token: String, port: u16) -> Router {
         .route("/v1/servers/{reference}/unexpose", post(unexpose))
         .route("/v1/servers/{reference}/url", get(url))
         .route("/v1/events", get(events))
+        .route("/v1/pki/reload", post(pki_reload))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(api.clone(), guard))
         .with_state(api)
@@ -146,8 +147,43 @@ async fn status(State(api): State<Api>) -> Response {
             "configured_exposed": config.servers.values().filter(|s| s.exposed).count(),
         },
         "diagnostics": state.diagnostics().len(),
+        "keystore": state.keystore.backend().to_string(),
+        "anthropic": state.tunnel.get().map(|t| json!({
+            "tunnel_domain": t.domain,
+            "listen_addr": t.listen_addr,
+            "ca_fingerprint": ca_fingerprint(state, &t.domain),
+            "cloudflared": t.cloudflared.as_ref().map(|rx| serde_json::to_value(&*rx.borrow()).unwrap_or_default()),
+        })),
     }))
     .into_response()
+}
+
+fn ca_fingerprint(state: &AgentState, domain: &str) -> Option<String> {
+    let store = crate::pki_store::PkiStore::new(
+        &state.home.root().join("pki"),
+        domain,
+        &state.keystore,
+        crate::pki_store::Validity::default(),
+    )
+    .ok()?;
+    store
+        .summaries()
+        .into_iter()
+        .find(|s| s.role == "active")
+        .map(|s| s.fingerprint)
+}
+
+async fn pki_reload(State(api): State<Api>) -> Result<Response, ApiError> {
+    let Some(tunnel) = api.state.tunnel.get() else {
+        return Ok(
+            Json(json!({ "reloaded": false, "reason": "no tunnel ingress runs" })).into_response(),
+        );
+    };
+    let reloaded =
+        crate::tunnel::reload_certificate(&api.state, &api.state.keystore, &tunnel.domain)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(json!({ "reloaded": reloaded })).into_response())
 }
 
 async fn servers(State(api): State<Api>) -> Response {
@@ -250,6 +286,7 @@ async fn url(State(api): State<Api>, Path(reference): Path<String>) -> Result<Re
         "name": view.name,
         "hostname": view.hostname,
         "url": url,
+        "tunnel_url": view.tunnel_url,
         "bearer_token": api.state.gateway_token,
     }))
     .into_response())

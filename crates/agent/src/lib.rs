@@ -17,6 +17,7 @@ pub mod error;
 pub mod home;
 pub mod pki_store;
 pub mod state;
+pub mod tunnel;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -115,8 +116,11 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
 
     let gateway = Gateway::new(GatewayOptions::default());
     let probe_running = config.discovery.probe_running;
+    let anthropic = config.anthropic.clone();
+    let keystore = Arc::new(keystore);
     let state = Arc::new(AgentState::new(
         home.clone(),
+        keystore.clone(),
         config,
         gateway.clone(),
         gateway_port,
@@ -130,12 +134,24 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
 
     // Gateway ingress on loopback.
     let ingress_stop = CancellationToken::new();
+    let auth: Arc<dyn airlock_gateway::Authorizer> = Arc::new(BearerToken::new(gateway_token));
     let ingress = tokio::spawn(airlock_gateway::serve_loopback(
         gateway.clone(),
         gateway_listener,
-        Arc::new(BearerToken::new(gateway_token)),
+        auth.clone(),
         ingress_stop.clone(),
     ));
+    if let Some(anthropic) = &anthropic {
+        tunnel::start(
+            &state,
+            keystore.clone(),
+            anthropic,
+            auth.clone(),
+            &tasks,
+            ingress_stop.clone(),
+        )
+        .await?;
+    }
 
     // Control API.
     let api_token = home::random_token();
@@ -177,7 +193,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
     );
     for view in state.servers().iter().filter(|s| s.exposed) {
         if let Some(url) = &view.url {
-            tracing::info!(server = %view.name, %url, "exposed");
+            tracing::info!(server = %view.name, %url, tunnel_url = ?view.tunnel_url, "exposed");
         }
     }
 

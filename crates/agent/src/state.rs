@@ -30,6 +30,9 @@ pub struct ServerView {
     pub exposed: bool,
     pub hostname: Option<String>,
     pub url: Option<String>,
+    /// `https://<hostname>.<tunnel domain>/…` when the Anthropic tunnel ingress runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel_url: Option<String>,
     pub health: Option<Health>,
 }
 
@@ -42,6 +45,21 @@ pub enum Event {
     Health(RouteStatus),
 }
 
+/// The running Anthropic-compatible ingress: inner TLS for the tunnel domain, reached through cloudflared.
+pub struct TunnelRuntime {
+    pub domain: String,
+    pub listen_addr: String,
+    pub terminator: airlock_ingress::Terminator,
+    pub cloudflared: Option<tokio::sync::watch::Receiver<airlock_tunnel::CloudflaredState>>,
+}
+
+impl TunnelRuntime {
+    /// The public URL of a hostname label on the tunnel.
+    pub fn url(&self, label: &str, path: &str) -> String {
+        format!("https://{label}.{}{path}", self.domain)
+    }
+}
+
 /// Why a lookup by server reference failed.
 #[derive(Debug)]
 pub enum LookupError {
@@ -51,6 +69,7 @@ pub enum LookupError {
 
 pub struct AgentState {
     pub home: AirlockHome,
+    pub keystore: Arc<airlock_keystore::Keystore>,
     pub gateway: Gateway,
     pub gateway_port: u16,
     pub gateway_token: String,
@@ -60,6 +79,8 @@ pub struct AgentState {
     running: RwLock<Vec<DiscoveredServer>>,
     /// What reconcile last handed the gateway, to expose again only when a route really changed.
     applied: tokio::sync::Mutex<HashMap<String, Route>>,
+    /// The Anthropic-compatible tunnel ingress, when configured.
+    pub tunnel: std::sync::OnceLock<TunnelRuntime>,
     /// Serialises config edits with the reconcile that follows them.
     edit_lock: tokio::sync::Mutex<()>,
     events: broadcast::Sender<Event>,
@@ -69,6 +90,7 @@ pub struct AgentState {
 impl AgentState {
     pub fn new(
         home: AirlockHome,
+        keystore: Arc<airlock_keystore::Keystore>,
         config: Config,
         gateway: Gateway,
         gateway_port: u16,
@@ -78,6 +100,7 @@ impl AgentState {
         let (events, _) = broadcast::channel(256);
         Self {
             home,
+            keystore,
             gateway,
             gateway_port,
             gateway_token,
@@ -86,6 +109,7 @@ impl AgentState {
             discovered,
             running: RwLock::new(Vec::new()),
             applied: tokio::sync::Mutex::new(HashMap::new()),
+            tunnel: std::sync::OnceLock::new(),
             edit_lock: tokio::sync::Mutex::new(()),
             events,
             ready: AtomicBool::new(false),
@@ -171,6 +195,10 @@ impl AgentState {
             (Some(h), true) => Some(self.local_url(h, &server.transport)),
             _ => None,
         };
+        let tunnel_url = match (&hostname, exposed, self.tunnel.get()) {
+            (Some(h), true, Some(t)) => Some(t.url(h, &route_path(&server.transport))),
+            _ => None,
+        };
         ServerView {
             id: server.id.clone(),
             name: server.name.clone(),
@@ -181,19 +209,14 @@ impl AgentState {
             exposed,
             hostname,
             url,
+            tunnel_url,
             health: health.get(&server.id).cloned(),
         }
     }
 
     /// The loopback gateway URL of a server: `/<hostname>` + the path the upstream serves MCP on.
     fn local_url(&self, hostname: &str, transport: &TransportSpec) -> String {
-        let path = match transport {
-            TransportSpec::StreamableHttp { url, .. } | TransportSpec::Sse { url, .. } => {
-                upstream_path(url)
-            }
-            TransportSpec::Stdio { .. } => "/mcp".to_string(),
-        };
-        format!("{}/{hostname}{path}", self.gateway_url())
+        format!("{}/{hostname}{}", self.gateway_url(), route_path(transport))
     }
 
     /// Finds a server by id, unique id prefix (≥ 4 characters), name or hostname (case-insensitive).
@@ -352,6 +375,34 @@ impl AgentState {
                 },
             );
         }
+        // Routes imported from an Anthropic proxy config: subdomain (or full host) → scheme://host:port.
+        let mut host_keys: Vec<(String, String)> = desired
+            .values()
+            .map(|r| (r.slug.clone(), r.id.clone()))
+            .collect();
+        if let Some(anthropic) = &config.anthropic {
+            for (key, url) in &anthropic.routes {
+                let id = format!("route-{}", short_hash(key));
+                let slug = if validate_hostname(key).is_ok() {
+                    key.clone()
+                } else {
+                    id.clone()
+                };
+                if desired.values().any(|r| r.slug == slug) {
+                    tracing::warn!(route = %key, "an exposed server already uses this hostname; the imported route is ignored");
+                    continue;
+                }
+                host_keys.push((key.clone(), id.clone()));
+                desired.insert(
+                    id.clone(),
+                    Route {
+                        id,
+                        slug,
+                        upstream: UpstreamSpec::Http { url: url.clone() },
+                    },
+                );
+            }
+        }
         let mut applied = self.applied.lock().await;
         let stale: Vec<String> = applied
             .keys()
@@ -375,7 +426,20 @@ impl AgentState {
                 Err(e) => tracing::warn!(server = %id, error = %e, "could not expose"),
             }
         }
+        if let Some(tunnel) = self.tunnel.get() {
+            let mut table = airlock_ingress::HostTable::new(&tunnel.domain);
+            for (key, id) in host_keys.iter().filter(|(_, id)| applied.contains_key(id)) {
+                table.insert(key, id);
+            }
+            tunnel.terminator.set_hosts(table);
+        }
     }
+}
+
+/// A stable short id for a config key.
+fn short_hash(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(s.as_bytes())[..4])
 }
 
 fn same_route(a: &Route, b: &Route) -> bool {
@@ -420,6 +484,16 @@ fn host_is_local(host: &str) -> bool {
         Ok(IpAddr::V4(v4)) => v4.is_loopback() || v4.is_private(),
         Ok(IpAddr::V6(v6)) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
         Err(_) => false,
+    }
+}
+
+/// The path a route serves MCP on: `/mcp` for bridged stdio servers, the upstream's own path otherwise.
+fn route_path(transport: &TransportSpec) -> String {
+    match transport {
+        TransportSpec::StreamableHttp { url, .. } | TransportSpec::Sse { url, .. } => {
+            upstream_path(url)
+        }
+        TransportSpec::Stdio { .. } => "/mcp".to_string(),
     }
 }
 

@@ -86,6 +86,25 @@ enum Command {
     /// The inner-TLS certificate authority of the tunnel domain.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// The Anthropic MCP tunnel: switch from or to Anthropic's proxy, store cloudflared's token.
+    #[command(subcommand)]
+    Tunnel(TunnelCommand),
+}
+
+#[derive(Subcommand)]
+enum TunnelCommand {
+    /// Read Anthropic's proxy `config.yaml` (routes, tunnel_domain, listen_addr, upstream.*) into config.toml.
+    ImportConfig { file: PathBuf },
+    /// Print a proxy `config.yaml` for Anthropic's `mcp-proxy` from Airlock's settings.
+    ExportConfig {
+        /// Paths written into `tls.cert_file` / `tls.key_file` (the proxy's container paths).
+        #[arg(long, default_value = "/data/tls.crt")]
+        cert_file: PathBuf,
+        #[arg(long, default_value = "/data/tls.key")]
+        key_file: PathBuf,
+    },
+    /// Store the tunnel token for cloudflared in the keystore, read from standard input (never from argv).
+    SetToken,
 }
 
 #[derive(Subcommand)]
@@ -181,6 +200,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Up { gateway_port } => up(home, gateway_port, cli.keystore, cli.log_format).await,
         Command::Ca(cmd) => ca(&home, cli.keystore, cmd).await,
+        Command::Tunnel(cmd) => tunnel(&home, cli.keystore, cmd).await,
         Command::Status { json } => status(&home, json).await,
         Command::Servers { json } => servers(&home, json).await,
         Command::Expose {
@@ -568,6 +588,119 @@ async fn ca(
                     );
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+async fn tunnel(
+    home: &AirlockHome,
+    keystore: Option<airlock_keystore::KeystoreChoice>,
+    cmd: TunnelCommand,
+) -> Result<(), Failure> {
+    use airlock_agent::config::{self, Edit};
+    match cmd {
+        TunnelCommand::ImportConfig { file } => {
+            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            let proxy = airlock_tunnel::ProxyConfig::load(&file, &env).map_err(|e| Failure {
+                code: 1,
+                message: e.to_string(),
+            })?;
+            let (section, notes) =
+                airlock_agent::tunnel::import_proxy_config(&proxy).map_err(anyhow::Error::from)?;
+            config::update(&home.config_path(), Edit::SetAnthropic(Some(&section)))
+                .map_err(anyhow::Error::from)?;
+            say!(
+                "Imported {} route(s) for {} into {}",
+                section.routes.len(),
+                section.tunnel_domain,
+                home.config_path().display()
+            );
+            for note in notes {
+                eprintln!("note: {note}");
+            }
+            eprintln!(
+                "Restart `airlock up` to apply; `airlock ca export` prints the CA to register."
+            );
+        }
+        TunnelCommand::ExportConfig {
+            cert_file,
+            key_file,
+        } => {
+            let cfg = config::load(&home.config_path()).map_err(anyhow::Error::from)?;
+            let Some(section) = cfg.anthropic else {
+                return Err(Failure {
+                    code: 1,
+                    message: "no [anthropic] section in config.toml to export".into(),
+                });
+            };
+            // Exposed local HTTP servers are routes the proxy can serve too; bridged stdio servers are not.
+            let mut exposed_http = Vec::new();
+            if let Ok(client) = ControlClient::connect(home)
+                && let Ok(list) = client.get("/v1/servers").await
+            {
+                for s in list
+                    .get("servers")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let exposed = s.get("exposed").and_then(Value::as_bool).unwrap_or(false);
+                    if exposed
+                        && s.pointer("/transport/type").and_then(Value::as_str)
+                            == Some("streamable_http")
+                    {
+                        let url = s
+                            .pointer("/transport/url")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        exposed_http.push((str_of(s, "hostname").to_string(), url.to_string()));
+                    } else if exposed {
+                        eprintln!(
+                            "note: {} is a bridged stdio server; Anthropic's proxy cannot run it",
+                            str_of(s, "name")
+                        );
+                    }
+                }
+            }
+            let yaml = airlock_agent::tunnel::export_proxy_config(
+                &section,
+                &exposed_http,
+                &cert_file,
+                &key_file,
+            )
+            .map_err(anyhow::Error::from)?;
+            say!("{}", yaml.trim_end());
+        }
+        TunnelCommand::SetToken => {
+            let mut token = String::new();
+            std::io::stdin()
+                .read_line(&mut token)
+                .map_err(|e| anyhow::anyhow!("reading the token from stdin: {e}"))?;
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(Failure {
+                    code: 2,
+                    message:
+                        "no token on stdin (pipe it in: `airlock tunnel set-token < token.txt`)"
+                            .into(),
+                });
+            }
+            let cfg = config::load(&home.config_path()).map_err(anyhow::Error::from)?;
+            let ks =
+                airlock_agent::home::open_keystore(home, cfg.keystore.backend.as_deref(), keystore)
+                    .await
+                    .map_err(anyhow::Error::from)?;
+            ks.set(
+                airlock_agent::tunnel::CLOUDFLARED_TOKEN,
+                &airlock_keystore::Secret::from(token),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("storing the token: {e}"))?;
+            say!(
+                "cloudflared token stored in the {} keystore; restart `airlock up` to connect",
+                ks.backend()
+            );
         }
     }
     Ok(())

@@ -1,0 +1,344 @@
+//! The Anthropic-compatible tunnel ingress: the role of Anthropic's `mcp-proxy` container, run by the agent.
+//!
+//! cloudflared (supervised here when a tunnel token is stored) connects to a plain WebSocket listener; the inner TLS
+//! inside it ends in [`airlock_ingress::Terminator`] with a certificate from the per-domain CA whose key is in the
+//! keystore. The certificate is renewed in place, 30 days before it expires, without restarting listeners.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_gateway::Authorizer;
+use airlock_ingress::{HostTable, InnerTls, Terminator};
+use airlock_keystore::Keystore;
+use airlock_tunnel::{CloudflaredOptions, CloudflaredSupervisor, TunnelToken};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::AnthropicConfig;
+use crate::error::AgentError;
+use crate::pki_store::{PkiStore, Validity};
+use crate::state::{AgentState, TunnelRuntime};
+
+/// Keystore entry of cloudflared's tunnel token.
+pub const CLOUDFLARED_TOKEN: &str = "cloudflared-token";
+/// How often the server certificate's remaining validity is checked.
+const RENEW_CHECK: Duration = Duration::from_secs(3600);
+
+/// Starts the WebSocket listener, the renewal task and (with a stored token) cloudflared.
+pub async fn start(
+    state: &Arc<AgentState>,
+    keystore: Arc<Keystore>,
+    config: &AnthropicConfig,
+    auth: Arc<dyn Authorizer>,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> Result<(), AgentError> {
+    let pki_root = state.home.root().join("pki");
+    let store = PkiStore::new(
+        &pki_root,
+        &config.tunnel_domain,
+        &keystore,
+        Validity::default(),
+    )?;
+    let domain = store.domain().to_string();
+    let cert = store.server_cert(OffsetDateTime::now_utc()).await?;
+    let tls = InnerTls::new(&cert.chain_pem, cert.key_pem.expose())
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let terminator = Terminator::new(state.gateway.clone(), tls, HostTable::new(&domain), auth);
+
+    let listener = TcpListener::bind(&config.listen_addr)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.listen_addr.clone(),
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    if !local.ip().is_loopback() {
+        tracing::warn!(addr = %local, "the tunnel listener is reachable beyond this machine (listen_addr in config.toml)");
+    }
+
+    let cloudflared = match keystore.get(CLOUDFLARED_TOKEN).await {
+        Ok(Some(token)) => match token.expose_str() {
+            Ok(token) => {
+                let sup = CloudflaredSupervisor::start(
+                    CloudflaredOptions::new(format!("http://{local}")),
+                    TunnelToken::new(token.trim().to_string()),
+                );
+                let rx = sup.state();
+                let stop = stop.clone();
+                tasks.spawn(async move {
+                    stop.cancelled().await;
+                    sup.shutdown().await;
+                });
+                Some(rx)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "the stored cloudflared token is not text; set it again with `airlock tunnel set-token`"
+                );
+                None
+            }
+        },
+        Ok(None) => {
+            tracing::info!(
+                "no cloudflared token stored: the tunnel listener waits for a connector you run yourself"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the cloudflared token");
+            None
+        }
+    };
+
+    tasks.spawn(airlock_ingress::serve_websocket(
+        listener,
+        terminator.clone(),
+        config.allowed_origins.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(renew_loop(
+        state.clone(),
+        keystore,
+        config.tunnel_domain.clone(),
+        stop,
+    ));
+    let runtime = TunnelRuntime {
+        domain: domain.clone(),
+        listen_addr: local.to_string(),
+        terminator,
+        cloudflared,
+    };
+    if state.tunnel.set(runtime).is_err() {
+        return Err(AgentError::Invalid(
+            "the tunnel ingress was started twice".into(),
+        ));
+    }
+    tracing::info!(%domain, listen = %local, "Anthropic tunnel ingress listening (WebSocket, inner TLS)");
+    Ok(())
+}
+
+/// Reloads the server certificate from the PKI store (renewing it when due); a no-op when unchanged.
+pub async fn reload_certificate(
+    state: &AgentState,
+    keystore: &Keystore,
+    domain: &str,
+) -> Result<bool, AgentError> {
+    let Some(tunnel) = state.tunnel.get() else {
+        return Ok(false);
+    };
+    let store = PkiStore::new(
+        &state.home.root().join("pki"),
+        domain,
+        keystore,
+        Validity::default(),
+    )?;
+    let cert = store.server_cert(OffsetDateTime::now_utc()).await?;
+    if cert.cert_der == tunnel.terminator.tls().current_leaf_der() {
+        return Ok(false);
+    }
+    tunnel
+        .terminator
+        .tls()
+        .set_certificate(&cert.chain_pem, cert.key_pem.expose())
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    tracing::info!(not_after = %cert.not_after, "serving a new inner-TLS certificate");
+    Ok(true)
+}
+
+async fn renew_loop(
+    state: Arc<AgentState>,
+    keystore: Arc<Keystore>,
+    domain: String,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RENEW_CHECK) => {}
+        }
+        if let Err(e) = reload_certificate(&state, &keystore, &domain).await {
+            tracing::warn!(error = %e, "certificate renewal failed; retrying in an hour");
+        }
+    }
+}
+
+/// Converts Anthropic's proxy `config.yaml` into Airlock's `[anthropic]` section. Returns notes for the user.
+pub fn import_proxy_config(
+    proxy: &airlock_tunnel::ProxyConfig,
+) -> Result<(AnthropicConfig, Vec<String>), AgentError> {
+    let mut notes = proxy.warnings();
+    if proxy.tunnel_domain.is_empty() {
+        return Err(AgentError::Invalid(
+            "the proxy config has no tunnel_domain; Airlock needs it to issue the inner-TLS certificate".into(),
+        ));
+    }
+    // `:8080` means every interface in the proxy's container; on a laptop nothing listens beyond loopback unless the
+    // user asks for it.
+    let listen_addr = match proxy.listen_addr.strip_prefix(':') {
+        Some(port) => {
+            notes.push(format!(
+                "listen_addr `{}` became 127.0.0.1:{port} (edit config.toml to listen beyond this machine)",
+                proxy.listen_addr
+            ));
+            format!("127.0.0.1:{port}")
+        }
+        None => proxy.listen_addr.clone(),
+    };
+    if !proxy.tls.cert_file.as_os_str().is_empty() {
+        notes.push(format!(
+            "the proxy's certificate ({}) is not imported: Airlock issues its own from a CA whose key stays in the \
+             keystore — register `airlock ca export` in the Console next to the current CA",
+            proxy.tls.cert_file.display()
+        ));
+    }
+    if proxy.upstream.tls.ca_file.is_some() || proxy.upstream.tls.include_system_cas {
+        notes.push("https:// upstreams are not proxied yet; those routes will fail".into());
+    }
+    let routes = proxy
+        .routes
+        .values()
+        .map(|r| (r.name.clone(), r.upstream.url()))
+        .collect();
+    Ok((
+        AnthropicConfig {
+            tunnel_domain: proxy.tunnel_domain.clone(),
+            listen_addr,
+            allowed_origins: Vec::new(),
+            routes,
+            upstream: crate::config::UpstreamConfig {
+                allowed_ips: proxy
+                    .upstream
+                    .allowed_ips
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect(),
+                disable_ip_validation: proxy.upstream.disable_ip_validation,
+            },
+        },
+        notes,
+    ))
+}
+
+/// Writes Airlock's `[anthropic]` section back as a proxy `config.yaml` (routes that Anthropic's proxy can serve:
+/// imported ones and exposed local HTTP servers; bridged stdio servers exist only in Airlock).
+pub fn export_proxy_config(
+    section: &AnthropicConfig,
+    exposed_http: &[(String, String)],
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<String, AgentError> {
+    use airlock_tunnel::anthropic_config::{LogLevel, TlsFiles, UpstreamSettings, UpstreamTls};
+    let mut routes = std::collections::BTreeMap::new();
+    for (name, url) in section
+        .routes
+        .iter()
+        .chain(exposed_http.iter().map(|(a, b)| (a, b)))
+    {
+        let origin = origin_of(url);
+        let upstream = airlock_tunnel::Upstream::parse(&origin)
+            .map_err(|e| AgentError::Invalid(format!("route {name}: {e}")))?;
+        routes.insert(
+            name.to_ascii_lowercase(),
+            airlock_tunnel::Route {
+                name: name.clone(),
+                upstream,
+            },
+        );
+    }
+    let allowed_ips = section
+        .upstream
+        .allowed_ips
+        .iter()
+        .map(|e| airlock_egress::parse_ip_entry(e))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let listen_port = section.listen_addr.rsplit(':').next().unwrap_or("8080");
+    let proxy = airlock_tunnel::ProxyConfig {
+        listen_addr: format!(":{listen_port}"),
+        log_level: LogLevel::Info,
+        shutdown_timeout: airlock_tunnel::anthropic_config::DEFAULT_SHUTDOWN_TIMEOUT,
+        tunnel_domain: section.tunnel_domain.clone(),
+        tls: TlsFiles {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+        },
+        routes,
+        upstream: UpstreamSettings {
+            allowed_ips,
+            disable_ip_validation: section.upstream.disable_ip_validation,
+            tls: UpstreamTls::default(),
+        },
+    };
+    proxy
+        .to_yaml()
+        .map_err(|e| AgentError::Invalid(e.to_string()))
+}
+
+/// `scheme://host:port` of a URL, with the scheme's default port made explicit (the proxy requires a port).
+fn origin_of(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let has_port = authority.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.ends_with('[') && p.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']')
+    });
+    if has_port {
+        format!("{scheme}://{authority}")
+    } else {
+        let port = if scheme == "https" { 443 } else { 80 };
+        format!("{scheme}://{authority}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = "listen_addr: \":8080\"\nlog_level: info\ntunnel_domain: ${TUNNEL_DOMAIN}\ntls:\n  cert_file: /data/tls.crt\n  key_file: /data/tls.key\nroutes:\n  echo: http://10.1.2.3:9000\nupstream:\n  allowed_ips: [10.0.0.0/8]\n";
+
+    #[test]
+    fn import_then_export_round_trips_what_the_proxy_understands() {
+        let env = [(
+            "TUNNEL_DOMAIN".to_string(),
+            "abcd1234.tunnel.example".to_string(),
+        )]
+        .into();
+        let proxy = airlock_tunnel::ProxyConfig::from_yaml_str(YAML, &env).unwrap();
+        let (section, notes) = import_proxy_config(&proxy).unwrap();
+        assert_eq!(section.tunnel_domain, "abcd1234.tunnel.example");
+        assert_eq!(section.listen_addr, "127.0.0.1:8080");
+        assert_eq!(section.routes["echo"], "http://10.1.2.3:9000");
+        assert_eq!(section.upstream.allowed_ips, ["10.0.0.0/8"]);
+        assert!(notes.iter().any(|n| n.contains("127.0.0.1:8080")));
+        assert!(notes.iter().any(|n| n.contains("airlock ca export")));
+
+        let exposed = vec![("files".to_string(), "http://127.0.0.1:3001/mcp".to_string())];
+        let yaml = export_proxy_config(
+            &section,
+            &exposed,
+            "/data/tls.crt".as_ref(),
+            "/data/tls.key".as_ref(),
+        )
+        .unwrap();
+        let back = airlock_tunnel::ProxyConfig::from_yaml_str(&yaml, &Default::default()).unwrap();
+        assert_eq!(back.tunnel_domain, proxy.tunnel_domain);
+        assert_eq!(back.listen_addr, ":8080");
+        assert_eq!(back.routes["echo"].upstream, proxy.routes["echo"].upstream);
+        assert_eq!(back.routes["files"].upstream.url(), "http://127.0.0.1:3001");
+        assert_eq!(back.upstream.allowed_ips, proxy.upstream.allowed_ips);
+    }
+
+    #[test]
+    fn origins_get_explicit_ports() {
+        assert_eq!(origin_of("http://10.0.0.1/mcp"), "http://10.0.0.1:80");
+        assert_eq!(origin_of("https://a.example/x"), "https://a.example:443");
+        assert_eq!(
+            origin_of("http://127.0.0.1:3001/mcp?x"),
+            "http://127.0.0.1:3001"
+        );
+    }
+}
