@@ -88,6 +88,11 @@ impl Config {
         if self.max_send_queue == 0 {
             return Err(UsageError::InvalidConfig("max_send_queue must be non-zero"));
         }
+        if self.idle_timeout > Duration::from_secs(86_400) {
+            return Err(UsageError::InvalidConfig(
+                "idle_timeout must be at most one day",
+            ));
+        }
         if self.keepalive_interval.is_zero() || self.idle_timeout <= self.keepalive_interval {
             return Err(UsageError::InvalidConfig(
                 "keepalive_interval must be non-zero and shorter than idle_timeout",
@@ -618,9 +623,12 @@ impl Connection {
     }
 
     /// Sends a PING; the matching PONG yields [`Event::Pong`] with the round-trip time.
+    /// At most one PING is in flight: while one is outstanding this does nothing.
     pub fn ping(&mut self, now: Instant) -> Result<(), UsageError> {
         self.check_established()?;
-        self.send_ping(now);
+        if self.ping_outstanding.is_none() {
+            self.send_ping(now);
+        }
         Ok(())
     }
 
