@@ -521,6 +521,68 @@ fn excess_streams_are_refused() {
     );
 }
 
+fn frames(fs: &[Frame]) -> BytesMut {
+    let mut b = BytesMut::new();
+    for f in fs {
+        encode(f, &mut b).unwrap();
+    }
+    b
+}
+
+#[test]
+fn refused_open_flood_hits_the_output_bound_not_memory() {
+    let agent = Config {
+        max_streams: 1,
+        max_send_queue: 4096,
+        ..Config::default()
+    };
+    let mut p = Pair::established(agent, Config::default());
+    // A hostile relay opens stream after stream while the agent's output is never drained:
+    // each refusal queues a RESET; the connection gives up at the documented bound.
+    let opens: Vec<Frame> = (0..20_000u32)
+        .map(|i| Frame::Open {
+            stream: StreamId(2 * i + 1),
+            sni: "x.example".to_owned(),
+            client_addr: addr(1),
+        })
+        .collect();
+    let err = p.agent.handle_input(&frames(&opens), p.now).unwrap_err();
+    let max = 4096 + airlock_proto::conn::CONTROL_HEADROOM;
+    // Checked after every frame: at most one RESET (14 bytes) past the limit.
+    assert!(
+        matches!(err, ProtoError::Backlog { what: "output", len, max: m } if m == max && len > max && len <= max + 14),
+        "{err:?}"
+    );
+    assert!(p.agent.is_closed());
+}
+
+#[test]
+fn undrained_events_are_bounded() {
+    let agent = Config {
+        max_streams: 4,
+        ..Config::default()
+    };
+    let mut p = Pair::established(agent, Config::default());
+    let limit = p.agent.max_pending_events();
+    assert_eq!(limit, 4 * 4 + 64);
+    // Open+reset pairs never exceed max_streams but each leaves two events behind.
+    let mut fs = Vec::new();
+    for i in 0..100u32 {
+        let stream = StreamId(2 * i + 1);
+        fs.push(Frame::Open {
+            stream,
+            sni: "x.example".to_owned(),
+            client_addr: addr(1),
+        });
+        fs.push(Frame::Reset { stream, code: 5 });
+    }
+    let err = p.agent.handle_input(&frames(&fs), p.now).unwrap_err();
+    assert!(
+        matches!(err, ProtoError::Backlog { what: "event", max, .. } if max == limit),
+        "{err}"
+    );
+}
+
 #[test]
 fn roles_are_enforced() {
     let mut p = Pair::established(Config::default(), Config::default());

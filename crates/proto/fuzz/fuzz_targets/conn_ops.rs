@@ -40,20 +40,52 @@ struct Setup {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Open { port: u16 },
-    Send { side: Side, stream: u8, len: u16 },
-    Recv { side: Side, stream: u8, max: u16 },
-    Finish { side: Side, stream: u8 },
-    Reset { side: Side, stream: u8, code: u8 },
-    GoAway { side: Side, graceful: bool },
-    Ping { side: Side },
+    Open {
+        port: u16,
+    },
+    Send {
+        side: Side,
+        stream: u8,
+        len: u16,
+    },
+    Recv {
+        side: Side,
+        stream: u8,
+        max: u16,
+    },
+    Finish {
+        side: Side,
+        stream: u8,
+    },
+    Reset {
+        side: Side,
+        stream: u8,
+        code: u8,
+    },
+    GoAway {
+        side: Side,
+        graceful: bool,
+    },
+    Ping {
+        side: Side,
+    },
     /// Move up to `max` bytes of `from`'s output to the other side.
-    Deliver { from: Side, max: u16 },
+    Deliver {
+        from: Side,
+        max: u16,
+    },
     /// Deliver everything both ways until quiet.
     Flush,
-    Advance { ms: u16 },
-    Timeout { side: Side },
-    Inject { to: Side, bytes: Vec<u8> },
+    Advance {
+        ms: u16,
+    },
+    Timeout {
+        side: Side,
+    },
+    Inject {
+        to: Side,
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -189,13 +221,20 @@ impl Harness {
                 + CONTROL_HEADROOM
                 + cfg.max_streams as usize * 64
                 + 2 * (HEADER_LEN + MAX_DATA_PAYLOAD);
-            assert!(c.pending_output() <= out_cap, "output {} > {out_cap}", c.pending_output());
+            assert!(
+                c.pending_output() <= out_cap,
+                "output {} > {out_cap}",
+                c.pending_output()
+            );
             assert!(c.decoder_buffered() <= HEADER_LEN + MAX_DATA_PAYLOAD);
             assert!(c.pending_events() <= c.max_pending_events() + 8);
             assert!(c.stream_count() <= cfg.max_streams as usize);
             for id in c.streams() {
                 let buffered = c.recv_buffered(id).unwrap_or(0);
-                assert!(buffered <= cfg.initial_window as usize, "recv buffer over window");
+                assert!(
+                    buffered <= cfg.initial_window as usize,
+                    "recv buffer over window"
+                );
                 assert!(c.send_credit(id).unwrap_or(0) <= MAX_WINDOW);
             }
             if !self.tainted {
@@ -208,14 +247,22 @@ impl Harness {
         let Some(i) = self.stream(idx) else { return };
         let up = side == Side::Agent;
         let id = self.streams[i].id;
-        let dir = if up { &self.streams[i].up } else { &self.streams[i].down };
+        let dir = if up {
+            &self.streams[i].up
+        } else {
+            &self.streams[i].down
+        };
         let data: Vec<u8> = (dir.sent..dir.sent + u64::from(len))
             .map(|p| pattern(id, up, p))
             .collect();
         if let Ok(n) = self.end(side).conn.send(id, &data) {
             assert!(n <= data.len());
             let t = &mut self.streams[i];
-            if up { t.up.sent += n as u64 } else { t.down.sent += n as u64 }
+            if up {
+                t.up.sent += n as u64
+            } else {
+                t.down.sent += n as u64
+            }
         }
     }
 
@@ -231,9 +278,16 @@ impl Harness {
                 let dir = if up { &mut t.up } else { &mut t.down };
                 if !tainted {
                     for (k, b) in buf[..n].iter().enumerate() {
-                        assert_eq!(*b, pattern(id, up, dir.got + k as u64), "stream data corrupted");
+                        assert_eq!(
+                            *b,
+                            pattern(id, up, dir.got + k as u64),
+                            "stream data corrupted"
+                        );
                     }
-                    assert!(dir.got + n as u64 <= dir.sent, "received more than was sent");
+                    assert!(
+                        dir.got + n as u64 <= dir.sent,
+                        "received more than was sent"
+                    );
                 }
                 dir.got += n as u64;
             }
@@ -250,19 +304,37 @@ fuzz_target!(|input: Input| {
     let relay_versions = if s.relay_v1 { vec![1] } else { vec![2, 3] };
     let agent = Connection::new(
         Role::Agent,
-        config(s.agent_window, s.agent_streams, s.agent_queue, agent_versions),
+        config(
+            s.agent_window,
+            s.agent_streams,
+            s.agent_queue,
+            agent_versions,
+        ),
         start,
     )
     .expect("valid agent config");
     let relay = Connection::new(
         Role::Relay,
-        config(s.relay_window, s.relay_streams, s.relay_queue, relay_versions),
+        config(
+            s.relay_window,
+            s.relay_streams,
+            s.relay_queue,
+            relay_versions,
+        ),
         start,
     )
     .expect("valid relay config");
     let mut h = Harness {
-        agent: End { conn: agent, wire: BytesMut::new(), errored: None },
-        relay: End { conn: relay, wire: BytesMut::new(), errored: None },
+        agent: End {
+            conn: agent,
+            wire: BytesMut::new(),
+            errored: None,
+        },
+        relay: End {
+            conn: relay,
+            wire: BytesMut::new(),
+            errored: None,
+        },
         now: start,
         tainted: false,
         accept: s.accept,
@@ -273,7 +345,11 @@ fuzz_target!(|input: Input| {
             Op::Open { port } => {
                 let addr = SocketAddr::new(Ipv4Addr::new(192, 0, 2, 1).into(), port);
                 if let Ok(id) = h.relay.conn.open_stream("svc.tunnel.example", addr) {
-                    h.streams.push(Tracked { id, down: Dir::default(), up: Dir::default() });
+                    h.streams.push(Tracked {
+                        id,
+                        down: Dir::default(),
+                        up: Dir::default(),
+                    });
                 }
             }
             Op::Send { side, stream, len } => h.send(side, stream, len),
@@ -291,7 +367,11 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::GoAway { side, graceful } => {
-                let c = if graceful { code::NO_ERROR } else { code::INTERNAL };
+                let c = if graceful {
+                    code::NO_ERROR
+                } else {
+                    code::INTERNAL
+                };
                 let _ = h.end(side).conn.go_away(c, "fuzz drain");
             }
             Op::Ping { side } => {

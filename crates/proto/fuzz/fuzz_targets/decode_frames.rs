@@ -22,7 +22,10 @@ fn run(data: &[u8], chunk: usize) -> (Vec<Frame>, Option<ProtoError>) {
             }
             assert!(d.buffered() <= HEADER_LEN + MAX_DATA_PAYLOAD);
         }
-        assert!(piece.is_empty(), "Ok(None) must mean the input was consumed");
+        assert!(
+            piece.is_empty(),
+            "Ok(None) must mean the input was consumed"
+        );
         assert!(d.buffered() <= HEADER_LEN + MAX_DATA_PAYLOAD);
     }
     (frames, None)
