@@ -12,8 +12,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::error::{ProtoError, UsageError};
 use crate::frame::{
     self, Decoder, Frame, Hello, MAX_AGENT_NAME_LEN, MAX_DATA_PAYLOAD, MAX_REASON_LEN, MAX_STREAMS,
-    MAX_TOKEN_LEN, MAX_VERSIONS, MAX_WINDOW, MIN_WINDOW, SESSION_ID_LEN, StreamId, Welcome, code,
-    reject,
+    MAX_TOKEN_LEN, MAX_VERSIONS, MAX_WINDOW, MIN_WINDOW, SESSION_ID_LEN, StreamId, Token, Welcome,
+    code, reject,
 };
 
 /// Control frames (RESET for refused streams, GOAWAY, ...) may push the output buffer this far
@@ -48,7 +48,7 @@ pub struct Config {
     /// bounds the handshake).
     pub idle_timeout: Duration,
     /// Agent only: credential sent in HELLO.
-    pub token: Bytes,
+    pub token: Token,
     /// Agent only: name sent in HELLO.
     pub agent_name: String,
 }
@@ -62,7 +62,7 @@ impl Default for Config {
             max_send_queue: 256 * 1024,
             keepalive_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
-            token: Bytes::new(),
+            token: Token::default(),
             agent_name: "agent".to_owned(),
         }
     }
@@ -135,7 +135,7 @@ pub enum Event {
     HelloReceived {
         version: u16,
         agent_name: String,
-        token: Bytes,
+        token: Token,
     },
     /// The handshake completed (agent: WELCOME received; relay: `accept` called).
     HandshakeDone {

@@ -107,6 +107,31 @@ impl fmt::Display for StreamId {
     }
 }
 
+/// The HELLO credential. Its `Debug` output is redacted so it never lands in logs.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Token(pub Bytes);
+
+impl Token {
+    pub fn new(bytes: impl Into<Bytes>) -> Self {
+        Self(bytes.into())
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token(<{} bytes redacted>)", self.0.len())
+    }
+}
+
 /// Agent → relay: first frame on a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
@@ -115,7 +140,7 @@ pub struct Hello {
     /// Per-stream receive window the agent grants the relay.
     pub initial_window: u32,
     /// Opaque credential (≤ 4 KiB).
-    pub token: Bytes,
+    pub token: Token,
     /// Human-readable agent name (≤ 128 bytes UTF-8, no control characters).
     pub agent_name: String,
 }
@@ -450,7 +475,11 @@ fn parse_payload(h: Header, payload: &[u8]) -> Result<Frame, ProtoError> {
             let initial_window = r.u32("initial_window")?;
             validate_window("initial_window", initial_window)?;
             let tlen = usize::from(r.u16("token length")?);
-            let token = Bytes::copy_from_slice(r.bytes(tlen, MAX_TOKEN_LEN, "token")?);
+            let token = Token(Bytes::copy_from_slice(r.bytes(
+                tlen,
+                MAX_TOKEN_LEN,
+                "token",
+            )?));
             let nlen = usize::from(r.u8("agent_name length")?);
             let agent_name = r.str(nlen, MAX_AGENT_NAME_LEN, "agent_name")?.to_owned();
             validate_agent_name(&agent_name)?;
@@ -661,7 +690,7 @@ fn encode_control(frame: &Frame, out: &mut BytesMut) -> Result<(), ProtoError> {
                 out.put_u16(*v);
             }
             out.put_u32(h.initial_window);
-            put_len_u16(out, "token", &h.token, MAX_TOKEN_LEN)?;
+            put_len_u16(out, "token", h.token.as_bytes(), MAX_TOKEN_LEN)?;
             put_len_u8(
                 out,
                 "agent_name",

@@ -21,4 +21,4 @@ pub mod frame;
 
 pub use conn::{Config, Connection, Event, Role, State};
 pub use error::{ProtoError, UsageError};
-pub use frame::{Decoder, Frame, Hello, StreamId, Welcome, encode};
+pub use frame::{Decoder, Frame, Hello, StreamId, Token, Welcome, encode};

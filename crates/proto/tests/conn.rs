@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use airlock_proto::frame::{self, code, reject};
 use airlock_proto::{
-    Config, Connection, Event, Frame, ProtoError, Role, State, StreamId, UsageError, encode,
+    Config, Connection, Event, Frame, ProtoError, Role, State, StreamId, Token, UsageError, encode,
 };
 use bytes::{Bytes, BytesMut};
 
@@ -118,7 +118,7 @@ fn small(window: u32) -> Config {
 fn handshake_negotiates_highest_common_version() {
     let agent = Config {
         versions: vec![1, 2, 3],
-        token: Bytes::from_static(b"tok"),
+        token: Token::new(Bytes::from_static(b"tok")),
         agent_name: "laptop".to_owned(),
         ..Config::default()
     };
@@ -136,7 +136,7 @@ fn handshake_negotiates_highest_common_version() {
         vec![Event::HelloReceived {
             version: 3,
             agent_name: "laptop".to_owned(),
-            token: Bytes::from_static(b"tok"),
+            token: Token::new(Bytes::from_static(b"tok")),
         }]
     );
     // Nothing can happen on streams before the relay accepts.

@@ -7,7 +7,7 @@ use airlock_proto::frame::{
     self, HEADER_LEN, MAX_AGENT_NAME_LEN, MAX_DATA_PAYLOAD, MAX_REASON_LEN, MAX_TOKEN_LEN,
     MAX_WINDOW, kind,
 };
-use airlock_proto::{Decoder, Frame, Hello, ProtoError, StreamId, Welcome, encode};
+use airlock_proto::{Decoder, Frame, Hello, ProtoError, StreamId, Token, Welcome, encode};
 use bytes::{Bytes, BytesMut};
 
 fn samples() -> Vec<Frame> {
@@ -15,7 +15,7 @@ fn samples() -> Vec<Frame> {
         Frame::Hello(Hello {
             versions: vec![1, 2, 0xffff],
             initial_window: 65_536,
-            token: Bytes::from_static(b"\x00secret\xff"),
+            token: Token::new(Bytes::from_static(b"\x00secret\xff")),
             agent_name: "laptop-é".to_owned(),
         }),
         Frame::Welcome(Welcome {
@@ -287,7 +287,7 @@ fn string_limits_and_utf8() {
         Frame::Hello(Hello {
             versions: vec![1],
             initial_window: 4096,
-            token: Bytes::from(vec![1; token]),
+            token: Token::new(vec![1; token]),
             agent_name: name.to_owned(),
         })
     };
@@ -429,7 +429,7 @@ fn numeric_limits() {
         let h = Frame::Hello(Hello {
             versions,
             initial_window: 4096,
-            token: Bytes::new(),
+            token: Token::default(),
             agent_name: "a".to_owned(),
         });
         assert!(matches!(
@@ -477,7 +477,7 @@ fn documented_layout_matches_the_decoder() {
         Frame::Hello(Hello {
             versions: vec![1, 2],
             initial_window: 65_536,
-            token: Bytes::from_static(b"tok"),
+            token: Token::new(Bytes::from_static(b"tok")),
             agent_name: "agent".to_owned(),
         })
     );
@@ -497,4 +497,17 @@ fn documented_layout_matches_the_decoder() {
             reason: "bye".to_owned()
         }
     );
+}
+
+#[test]
+fn token_is_redacted_in_debug_output() {
+    let hello = Hello {
+        versions: vec![1],
+        initial_window: 4096,
+        token: Token::new(&b"hunter2-secret"[..]),
+        agent_name: "a".to_owned(),
+    };
+    let dbg = format!("{hello:?}");
+    assert!(!dbg.contains("hunter2"), "{dbg}");
+    assert!(dbg.contains("<14 bytes redacted>"), "{dbg}");
 }

@@ -150,7 +150,7 @@ fn config(window: u16, streams: u8, queue: u16, versions: Vec<u16>) -> Config {
         max_send_queue: 256 + usize::from(queue),
         keepalive_interval: Duration::from_millis(500),
         idle_timeout: Duration::from_millis(2000),
-        token: bytes::Bytes::from_static(b"fuzz-token"),
+        token: airlock_proto::Token::new(&b"fuzz-token"[..]),
         agent_name: "fuzz".to_owned(),
     }
 }
