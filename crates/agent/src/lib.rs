@@ -114,7 +114,22 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
         }
     };
 
-    let gateway = Gateway::new(GatewayOptions::default());
+    // Upstream IP validation follows the proxy's `upstream` block: allowed_ips replaces the RFC 1918 default.
+    let policy = match &config.anthropic {
+        Some(a) => airlock_egress::IpPolicy::from_config(
+            &a.upstream.allowed_ips,
+            a.upstream.disable_ip_validation,
+        )
+        .map_err(|e| AgentError::Invalid(format!("[anthropic.upstream] in config.toml: {e}")))?,
+        None => airlock_egress::IpPolicy::default(),
+    };
+    let gateway = Gateway::new(GatewayOptions {
+        egress: airlock_gateway::Egress {
+            policy,
+            ..Default::default()
+        },
+        ..GatewayOptions::default()
+    });
     let probe_running = config.discovery.probe_running;
     let anthropic = config.anthropic.clone();
     let keystore = Arc::new(keystore);

@@ -482,7 +482,8 @@ fn host_is_local(host: &str) -> bool {
     }
     match host.parse::<IpAddr>() {
         Ok(IpAddr::V4(v4)) => v4.is_loopback() || v4.is_private(),
-        Ok(IpAddr::V6(v6)) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+        // Private IPv6 is not proxied by default (Anthropic's proxy is IPv4-only); `allowed_ips` can list it.
+        Ok(IpAddr::V6(v6)) => v6.is_loopback(),
         Err(_) => false,
     }
 }

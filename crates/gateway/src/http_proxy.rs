@@ -5,26 +5,105 @@
 //! upstream (no token passthrough).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::Duration,
+    future::Future,
+    net::IpAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
 };
 
+use airlock_egress::{BoxStream, EgressError, Purpose};
 use axum::body::Body;
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri, header};
 use hyper_util::{
-    client::legacy::{Client as HyperClient, connect::HttpConnector},
-    rt::TokioExecutor,
+    client::legacy::{
+        Client as HyperClient,
+        connect::{Connected, Connection},
+    },
+    rt::{TokioExecutor, TokioIo},
 };
 
-use crate::{GatewayError, ingress::json_error};
+use crate::{Egress, GatewayError, ingress::json_error};
 
-pub(crate) type Client = HyperClient<HttpConnector, Body>;
+pub(crate) type Client = HyperClient<EgressConnector, Body>;
 
-pub(crate) fn client() -> Client {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    connector.set_nodelay(true);
-    HyperClient::builder(TokioExecutor::new()).build(connector)
+pub(crate) fn client(egress: Egress) -> Client {
+    HyperClient::builder(TokioExecutor::new()).build(EgressConnector(Arc::new(egress)))
+}
+
+/// Dials upstreams through `airlock-egress`: the name is resolved once, every resolved address is checked against
+/// the IP policy, and only checked addresses are dialled — a hostname that resolves to a metadata or public address
+/// is refused before any packet is sent.
+#[derive(Clone)]
+pub(crate) struct EgressConnector(Arc<Egress>);
+
+/// A dialled upstream connection, as hyper's client wants it.
+pub(crate) struct EgressConn(TokioIo<BoxStream>);
+
+impl Connection for EgressConn {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for EgressConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for EgressConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl tower::Service<Uri> for EgressConnector {
+    type Response = EgressConn;
+    type Error = EgressError;
+    type Future = Pin<Box<dyn Future<Output = Result<EgressConn, EgressError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let egress = self.0.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(80);
+            let (stream, addr) = airlock_egress::connect_checked(
+                &host,
+                port,
+                &egress.policy,
+                Purpose::UserExposed,
+                egress.resolver.as_ref(),
+                egress.dialer.as_ref(),
+            )
+            .await?;
+            tracing::debug!(%host, %addr, "upstream connected");
+            Ok(EgressConn(TokioIo::new(stream)))
+        })
+    }
 }
 
 /// Request headers forwarded to the upstream (plus any `mcp-*` header).
@@ -55,25 +134,8 @@ pub(crate) struct HttpUpstream {
     scheme_authority: String,
 }
 
-/// Loopback or private-range address (the only upstreams we proxy for now).
-pub(crate) fn is_loopback_or_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_private_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private_v4(v4);
-            }
-            v6 == Ipv6Addr::LOCALHOST || (v6.segments()[0] & 0xfe00) == 0xfc00
-        }
-    }
-}
-
-fn is_private_v4(v4: Ipv4Addr) -> bool {
-    v4.is_loopback() || v4.is_private()
-}
-
 impl HttpUpstream {
-    pub(crate) fn new(url: &str) -> Result<Self, GatewayError> {
+    pub(crate) fn new(url: &str, policy: &airlock_egress::IpPolicy) -> Result<Self, GatewayError> {
         let refuse = |reason: &str| GatewayError::UpstreamRefused {
             url: url.to_owned(),
             reason: reason.to_owned(),
@@ -98,22 +160,14 @@ impl HttpUpstream {
         }
         let host = authority.host();
         let host_bare = host.trim_start_matches('[').trim_end_matches(']');
-        let allowed = if host_bare.eq_ignore_ascii_case("localhost") {
-            true
-        } else {
-            match host_bare.parse::<IpAddr>() {
-                Ok(ip) => is_loopback_or_private(ip),
-                Err(_) => {
-                    return Err(refuse(
-                        "the host must be an IP literal or `localhost` (hostnames are not resolved yet); public servers are reachable directly and need no gateway",
-                    ));
-                }
-            }
-        };
-        if !allowed {
-            return Err(refuse(
-                "the address is not in a loopback or private range; public servers are reachable directly and need no gateway",
-            ));
+        // IP literals are checked now for a clear error at expose time; names are checked on every dial, against
+        // the addresses they resolve to.
+        if let Ok(ip) = host_bare.parse::<IpAddr>() {
+            policy.check(ip, Purpose::UserExposed).map_err(|e| {
+                refuse(&format!(
+                    "{e}; public servers are reachable directly and need no gateway"
+                ))
+            })?;
         }
         Ok(Self {
             scheme_authority: format!("http://{}", authority.as_str()),
@@ -152,10 +206,14 @@ impl HttpUpstream {
                 Response::from_parts(parts, Body::new(body))
             }
             Err(e) => {
-                tracing::warn!(upstream = %self.scheme_authority, "upstream request failed: {e}");
+                // The egress refusal (e.g. `IP validation failed: … is not a private address`) is the useful part.
+                let cause = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<EgressError>())
+                    .map(|e| e.to_string());
+                tracing::warn!(upstream = %self.scheme_authority, cause = ?cause, "upstream request failed: {e}");
                 json_error(
                     StatusCode::BAD_GATEWAY,
-                    "the upstream MCP server is unreachable",
+                    &cause.unwrap_or_else(|| "the upstream MCP server is unreachable".to_string()),
                 )
             }
         }
@@ -204,18 +262,19 @@ mod tests {
             "http://192.168.1.4:80/",
             "http://172.16.0.1:1/x",
             "http://[::1]:9000/mcp",
-            "http://[fd00::1]:9000/mcp",
         ] {
-            assert!(HttpUpstream::new(url).is_ok(), "{url}");
+            assert!(HttpUpstream::new(url, &Default::default()).is_ok(), "{url}");
         }
     }
 
     #[test]
-    fn refuses_public_and_hostnames() {
+    fn refuses_public_literals_and_bad_urls() {
         for url in [
             "http://8.8.8.8/mcp",
             "http://172.32.0.1/mcp",
-            "http://example.com/mcp",
+            "http://169.254.169.254/latest",
+            // Like Anthropic's proxy, the default policy is IPv4 RFC 1918 (plus loopback for exposed servers).
+            "http://[fd00::1]:9000/mcp",
             "https://127.0.0.1/mcp",
             "http://[2001:db8::1]/mcp",
             "127.0.0.1:8080",
@@ -223,7 +282,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    HttpUpstream::new(url),
+                    HttpUpstream::new(url, &Default::default()),
                     Err(GatewayError::UpstreamRefused { .. })
                 ),
                 "{url}"

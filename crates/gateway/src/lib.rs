@@ -70,6 +70,33 @@ pub struct Route {
     pub upstream: UpstreamSpec,
 }
 
+/// How upstreams are dialled: the IP policy applied to resolved addresses, and the resolver and dialer (injectable,
+/// so tests can prove a refusal without sending a packet).
+#[derive(Clone)]
+pub struct Egress {
+    pub policy: airlock_egress::IpPolicy,
+    pub resolver: Arc<dyn airlock_egress::Resolver>,
+    pub dialer: Arc<dyn airlock_egress::Dialer>,
+}
+
+impl Default for Egress {
+    fn default() -> Self {
+        Self {
+            policy: airlock_egress::IpPolicy::default(),
+            resolver: Arc::new(airlock_egress::SystemResolver),
+            dialer: Arc::new(airlock_egress::TcpDialer),
+        }
+    }
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Tunables; see [`GatewayOptions::default`].
 #[derive(Clone, Debug)]
 pub struct GatewayOptions {
@@ -81,6 +108,8 @@ pub struct GatewayOptions {
     pub drain_timeout: Duration,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Dialling of HTTP upstreams (IP policy on resolved addresses).
+    pub egress: Egress,
 }
 
 impl Default for GatewayOptions {
@@ -90,6 +119,7 @@ impl Default for GatewayOptions {
             restart_max: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
             max_body_bytes: 4 * 1024 * 1024,
+            egress: Egress::default(),
         }
     }
 }
@@ -225,13 +255,14 @@ impl StatusReporter {
 impl Gateway {
     pub fn new(opts: GatewayOptions) -> Self {
         let (status_tx, _) = broadcast::channel(256);
+        let http_client = http_proxy::client(opts.egress.clone());
         Self {
             inner: Arc::new(Inner {
                 opts,
                 routes: RwLock::new(HashMap::new()),
                 status_tx,
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
-                http_client: http_proxy::client(),
+                http_client,
             }),
         }
     }
@@ -317,7 +348,7 @@ impl Gateway {
                 ))
             }
             UpstreamSpec::Http { url } => {
-                let upstream = http_proxy::HttpUpstream::new(&url)?;
+                let upstream = http_proxy::HttpUpstream::new(&url, &self.inner.opts.egress.policy)?;
                 *lock(&health) = Health::Proxy { url: url.clone() };
                 RouteKind::Http(Arc::new(upstream))
             }

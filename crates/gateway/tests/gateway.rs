@@ -668,14 +668,14 @@ async fn http_upstream_is_proxied_without_credentials() {
     );
     assert!(seen.iter().any(|h| h.get("mcp-protocol-version").is_some()));
 
-    // Public / hostname upstreams are refused at expose time.
+    // Public address literals are refused at expose time (names are checked per dial: see tests/ssrf.rs).
     let err = h
         .gateway
         .expose(Route {
             id: "pub".into(),
             slug: "pub".into(),
             upstream: UpstreamSpec::Http {
-                url: "http://example.com/mcp".into(),
+                url: "http://8.8.8.8/mcp".into(),
             },
         })
         .await;
