@@ -415,7 +415,7 @@ impl AgentState {
             applied.remove(&id);
         }
         for (id, route) in desired {
-            if applied.get(&id).is_some_and(|r| same_route(r, &route)) {
+            if applied.get(&id) == Some(&route) {
                 continue;
             }
             tracing::info!(server = %id, hostname = %route.slug, "exposing");
@@ -440,10 +440,6 @@ impl AgentState {
 fn short_hash(s: &str) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(s.as_bytes())[..4])
-}
-
-fn same_route(a: &Route, b: &Route) -> bool {
-    a.slug == b.slug && format!("{:?}", a.upstream) == format!("{:?}", b.upstream)
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
