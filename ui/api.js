@@ -1,0 +1,75 @@
+// The control API, as the browser sees it: same origin, authenticated by the session cookie
+// that POST /v1/session sets. No token ever reaches this page except a server's bearer token
+// the user explicitly asks for (GET /v1/servers/{id}/url), and nothing is stored.
+
+export class ApiError extends Error {
+  constructor(status, message, body) {
+    super(message);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+async function request(method, path, body) {
+  const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let resp;
+  try {
+    resp = await fetch(path, init);
+  } catch (err) {
+    throw new ApiError(0, "The Airlock agent is not reachable. Is `airlock up` (or the tray app) running?", null);
+  }
+  let data = null;
+  const text = await resp.text();
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = null;
+    }
+  }
+  if (!resp.ok) {
+    const msg = data && typeof data.error === "string" ? data.error : `${method} ${path}: HTTP ${resp.status}`;
+    throw new ApiError(resp.status, msg, data);
+  }
+  return data;
+}
+
+export const api = {
+  login: (code) => request("POST", "/v1/session", { code }),
+  status: () => request("GET", "/v1/status"),
+  servers: () => request("GET", "/v1/servers"),
+  expose: (id, hostname) => request("POST", `/v1/servers/${encodeURIComponent(id)}/expose`, hostname ? { hostname } : {}),
+  unexpose: (id) => request("POST", `/v1/servers/${encodeURIComponent(id)}/unexpose`, {}),
+  url: (id) => request("GET", `/v1/servers/${encodeURIComponent(id)}/url`),
+  ca: () => request("GET", "/v1/ca"),
+  reloadPki: () => request("POST", "/v1/pki/reload", {}),
+};
+
+/**
+ * Subscribes to GET /v1/events. `onEvent(obj)` gets every JSON event; `onState(s)` gets
+ * "live", "reconnecting" or "closed". EventSource reconnects by itself; when it gives up
+ * (e.g. the session was refused) `onState("closed")` lets the app decide.
+ */
+export function subscribe(onEvent, onState) {
+  const es = new EventSource("/v1/events");
+  es.addEventListener("open", () => onState("live"));
+  es.addEventListener("message", (ev) => {
+    let obj;
+    try {
+      obj = JSON.parse(ev.data);
+    } catch {
+      return;
+    }
+    if (obj && typeof obj.type === "string") {
+      onEvent(obj);
+    }
+  });
+  es.addEventListener("error", () => {
+    onState(es.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
+  });
+  return es;
+}
