@@ -30,6 +30,7 @@ struct Api {
     state: Arc<AgentState>,
     token: Arc<str>,
     port: u16,
+    sessions: Arc<crate::web::Sessions>,
 }
 
 pub fn router(state: Arc<AgentState>, token: String, port: u16) -> Router {
@@ -37,8 +38,17 @@ pub fn router(state: Arc<AgentState>, token: String, port: u16) -> Router {
         state,
         token: token.into(),
         port,
+        sessions: Arc::new(crate::web::Sessions::default()),
     };
     Router::new()
+        .route("/", get(|| async { crate::web::asset("index.html") }))
+        .route(
+            "/ui/{*path}",
+            get(|Path(path): Path<String>| async move { crate::web::asset(&path) }),
+        )
+        .route("/v1/session", post(session))
+        .route("/v1/ui/code", post(ui_code))
+        .route("/v1/ca", get(ca))
         .route("/v1/status", get(status))
         .route("/v1/servers", get(servers))
         .route("/v1/servers/{reference}", get(server))
@@ -63,7 +73,15 @@ async fn not_found() -> Response {
     )
 }
 
-/// Host, Origin and token checks, in that order, before any handler runs.
+/// Requests that need no credential: the UI's static files and the login-code exchange.
+fn is_public(method: &axum::http::Method, path: &str) -> bool {
+    (method == axum::http::Method::GET && (path == "/" || path.starts_with("/ui/")))
+        || (method == axum::http::Method::POST && path == "/v1/session")
+}
+
+/// Host, Origin and credential checks, in that order, before any handler runs. The credential is the bearer token
+/// (CLI, tray) or a browser session cookie (web UI); a cookie-authenticated write must be JSON, which no cross-site
+/// form can send.
 async fn guard(State(api): State<Api>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     if !host_allowed(headers, api.port) {
@@ -75,18 +93,32 @@ async fn guard(State(api): State<Api>, request: Request, next: Next) -> Response
     if !origin_allowed(headers, api.port) {
         return error(StatusCode::FORBIDDEN, "cross-origin requests are refused");
     }
-    if !token_ok(headers, &api.token) {
-        let mut resp = error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (the token is in run/agent.json under AIRLOCK_HOME)",
-        );
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        return resp;
+    if is_public(request.method(), request.uri().path()) || token_ok(headers, &api.token) {
+        return next.run(request).await;
     }
-    next.run(request).await
+    if api.sessions.check(headers) {
+        let writes = request.method() != axum::http::Method::GET;
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if writes && !json {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send Content-Type: application/json",
+            );
+        }
+        return next.run(request).await;
+    }
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (the token is in run/agent.json under AIRLOCK_HOME)",
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    resp
 }
 
 pub(crate) fn host_allowed(headers: &HeaderMap, port: u16) -> bool {
@@ -290,6 +322,70 @@ async fn url(State(api): State<Api>, Path(reference): Path<String>) -> Result<Re
         "bearer_token": api.state.gateway_token,
     }))
     .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionBody {
+    code: String,
+}
+
+/// Trades a one-time login code for a browser session cookie.
+async fn session(
+    State(api): State<Api>,
+    body: Option<Json<SessionBody>>,
+) -> Result<Response, ApiError> {
+    let Some(Json(body)) = body else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "send {\"code\": \"…\"} as JSON",
+        ));
+    };
+    let Some(session) = api.sessions.redeem(body.code.trim()) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this login link was used or has expired; run `airlock ui` again",
+        ));
+    };
+    let mut resp = Json(json!({ "ok": true })).into_response();
+    if let Ok(cookie) = header::HeaderValue::from_str(&crate::web::session_cookie_header(&session))
+    {
+        resp.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    Ok(resp)
+}
+
+/// A one-time login link for the web UI (bearer token only: `airlock ui`).
+async fn ui_code(State(api): State<Api>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if !token_ok(&headers, &api.token) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "login links are issued to the CLI only",
+        ));
+    }
+    let code = api.sessions.new_code();
+    Ok(
+        Json(json!({ "url": format!("http://127.0.0.1:{}/#code={code}", api.port) }))
+            .into_response(),
+    )
+}
+
+/// The CA certificates to keep registered for the tunnel domain.
+async fn ca(State(api): State<Api>) -> Result<Response, ApiError> {
+    let Some(tunnel) = api.state.tunnel.get() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no tunnel is configured",
+        ));
+    };
+    let store = crate::pki_store::PkiStore::new(
+        &api.state.home.root().join("pki"),
+        &tunnel.domain,
+        &api.state.keystore,
+        crate::pki_store::Validity::default(),
+    )
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(json!({ "tunnel_domain": tunnel.domain, "cas": store.summaries() })).into_response())
 }
 
 async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {

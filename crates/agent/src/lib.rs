@@ -18,6 +18,7 @@ pub mod home;
 pub mod pki_store;
 pub mod state;
 pub mod tunnel;
+pub mod web;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;

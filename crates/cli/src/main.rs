@@ -86,6 +86,12 @@ enum Command {
     /// The inner-TLS certificate authority of the tunnel domain.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Open the web UI in a browser (a one-time login link; the API token never goes to the browser).
+    Ui {
+        /// Print the login link instead of opening a browser.
+        #[arg(long)]
+        print: bool,
+    },
     /// The Anthropic MCP tunnel: switch from or to Anthropic's proxy, store cloudflared's token.
     #[command(subcommand)]
     Tunnel(TunnelCommand),
@@ -201,6 +207,37 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Up { gateway_port } => up(home, gateway_port, cli.keystore, cli.log_format).await,
         Command::Ca(cmd) => ca(&home, cli.keystore, cmd).await,
         Command::Tunnel(cmd) => tunnel(&home, cli.keystore, cmd).await,
+        Command::Ui { print } => {
+            let client = ControlClient::connect(&home)?;
+            let link = client.post("/v1/ui/code", &json!({})).await?;
+            let url = str_of(&link, "url").to_string();
+            if print {
+                say!("{url}");
+                return Ok(());
+            }
+            let opener = if cfg!(target_os = "macos") {
+                "open"
+            } else {
+                "xdg-open"
+            };
+            match std::process::Command::new(opener)
+                .arg(&url)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+            {
+                Ok(st) if st.success() => {
+                    eprintln!("opened the Airlock UI in your browser (the link works once)")
+                }
+                _ => {
+                    eprintln!(
+                        "could not start a browser; open this link (it works once, for two minutes):"
+                    );
+                    say!("{url}");
+                }
+            }
+            Ok(())
+        }
         Command::Status { json } => status(&home, json).await,
         Command::Servers { json } => servers(&home, json).await,
         Command::Expose {
