@@ -1066,18 +1066,21 @@ fn cloudflared_runs_with_the_token_only_in_its_environment_and_stops_with_the_ag
         "the agent must exit cleanly on SIGTERM: {status:?}\n{}",
         agent.stderr_log()
     );
-    let left = wait_for(
-        Duration::from_secs(30),
-        "the cloudflared stand-in to exit after the agent stopped",
-        || {
-            let left: Vec<_> = processes()
-                .into_iter()
-                .filter(|p| p.cmdline.contains(&needle))
-                .collect();
-            left.is_empty().then_some(left)
-        },
-    );
-    assert!(left.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: Vec<_> = processes()
+            .into_iter()
+            .filter(|p| p.cmdline.contains(&needle))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "30 s after the agent stopped, cloudflared stand-in processes are still running: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mut logs = agent.stderr_log();
     logs.push_str(&std::fs::read_to_string(scratch.join("agent.stdout.log")).unwrap_or_default());
     assert!(!logs.trim().is_empty(), "the agent logged nothing at all");
