@@ -61,6 +61,8 @@ pub async fn start(
         tracing::warn!(addr = %local, "the tunnel listener is reachable beyond this machine (listen_addr in config.toml)");
     }
 
+    let pid_file = state.home.root().join("run").join("cloudflared.pid");
+    stop_stale_connector(&pid_file).await;
     let cloudflared = match keystore.get(CLOUDFLARED_TOKEN).await {
         Ok(Some(token)) => match token.expose_str() {
             Ok(token) => {
@@ -70,9 +72,15 @@ pub async fn start(
                 );
                 let rx = sup.state();
                 let stop = stop.clone();
+                tasks.spawn(record_connector_pid(
+                    rx.clone(),
+                    pid_file.clone(),
+                    stop.clone(),
+                ));
                 tasks.spawn(async move {
                     stop.cancelled().await;
                     sup.shutdown().await;
+                    let _ = std::fs::remove_file(&pid_file);
                 });
                 Some(rx)
             }
@@ -120,6 +128,56 @@ pub async fn start(
     }
     tracing::info!(%domain, listen = %local, "Anthropic tunnel ingress listening (WebSocket, inner TLS)");
     Ok(())
+}
+
+/// Keeps `run/cloudflared.pid` naming the running connector, so an agent that was killed without cleaning up (SIGKILL,
+/// power loss) can stop the orphan at its next start instead of running a second connector with the same token.
+async fn record_connector_pid(
+    mut rx: tokio::sync::watch::Receiver<airlock_tunnel::CloudflaredState>,
+    pid_file: std::path::PathBuf,
+    stop: CancellationToken,
+) {
+    loop {
+        let pid = match &*rx.borrow_and_update() {
+            airlock_tunnel::CloudflaredState::Running { pid, .. } => Some(*pid),
+            _ => None,
+        };
+        if let Some(pid) = pid {
+            let _ = crate::config::write_atomic(&pid_file, pid.to_string().as_bytes(), 0o600);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Stops a connector left behind by a previous agent of this home (only if that pid still runs cloudflared).
+async fn stop_stale_connector(pid_file: &std::path::Path) {
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return;
+    };
+    let _ = std::fs::remove_file(pid_file);
+    let Ok(pid) = text.trim().parse::<u32>() else {
+        return;
+    };
+    #[cfg(target_os = "linux")]
+    {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("tunnel") && cmdline.contains("run") && cmdline.contains("--url") {
+            tracing::warn!(
+                pid,
+                "stopping a cloudflared left running by a previous agent"
+            );
+            let _ = tokio::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status()
+                .await;
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = pid;
 }
 
 /// Reloads the server certificate from the PKI store (renewing it when due); a no-op when unchanged.
