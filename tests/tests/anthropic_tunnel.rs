@@ -907,6 +907,60 @@ fn ca_rotation_reaches_new_connections_without_dropping_open_ones() {
     drop(agent);
 }
 
+/// With a short certificate validity (`cert_duration = "40s"`, `renew_before = "30s"`), the running agent renews the
+/// server certificate on its own: new handshakes get the new certificate, the open connection keeps working.
+#[test]
+fn short_lived_certificate_is_renewed_in_place() {
+    let home = tunnel_home();
+    let cfg =
+        std::fs::read_to_string(home.airlock_home().join("config.toml")).expect("read config.toml");
+    home.write_airlock_config(&format!(
+        "{cfg}cert_duration = \"40s\"\nrenew_before = \"30s\"\n"
+    ));
+    let agent = Agent::start(home);
+    agent.wait_server("time", Duration::from_secs(60));
+    cli_ok(&agent, &["expose", "time", "--yes", "--hostname", "time"]);
+    let url = agent.cli_json(&["url", "time", "--json"]);
+    let target = Target {
+        ws: listen_addr(&agent),
+        host: format!("time.{DOMAIN}"),
+        token: url["bearer_token"].as_str().unwrap_or_default().to_string(),
+        ca_pem: cli_ok(&agent, &["ca", "export"]).stdout,
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let tls = connect(target.ws, &target.host, &target.ca_pem)
+            .await
+            .unwrap_or_else(|e| panic!("first connection: {e}"));
+        let first_leaf = presented_chain(&tls)[0].clone();
+        let mut open = Mcp::new(http1(tls).await, &target);
+        open.handshake_and_list().await;
+        // Renewal is due 10 s after issue and checked every 7.5 s; allow far more on a loaded machine.
+        let started = Instant::now();
+        let renewed = loop {
+            let tls = connect(target.ws, &target.host, &target.ca_pem)
+                .await
+                .unwrap_or_else(|e| panic!("a new connection during renewal: {e}"));
+            let chain = presented_chain(&tls);
+            if chain[0] != first_leaf {
+                check_certificate_rules(&chain, &target.ca_pem);
+                break chain[0].clone();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the certificate was not renewed within 120 s\n{}",
+                agent.stderr_log()
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        println!("renewed after {:?}", started.elapsed());
+        assert_ne!(renewed, first_leaf);
+        // The connection opened with the old certificate still serves calls.
+        open.call_current_time().await;
+    });
+    drop(agent);
+}
+
 /// Writes the cloudflared stand-in: exits 1 without `TUNNEL_TOKEN`, logs four registered
 /// connections in cloudflared's format, then sleeps until SIGTERM.
 fn write_cloudflared_stand_in(dir: &Path) -> std::path::PathBuf {

@@ -61,6 +61,41 @@ pub struct AnthropicConfig {
     pub routes: BTreeMap<String, String>,
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    /// Validity of the inner-TLS server certificate, as the setup component's `--cert-duration` (default `2160h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_duration: Option<String>,
+    /// Renew this long before expiry, as `setup renew-cert --renew-before` (default `720h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<String>,
+}
+
+impl AnthropicConfig {
+    /// The certificate validity settings, with the durations parsed (Go syntax: `90s`, `2160h`, `1h30m`).
+    pub fn validity(&self) -> Result<crate::pki_store::Validity, AgentError> {
+        let mut v = crate::pki_store::Validity::default();
+        let parse = |field: &str, text: &str| {
+            airlock_tunnel::anthropic_config::parse_go_duration(text)
+                .filter(|d| !d.is_zero())
+                .and_then(|d| time::Duration::try_from(d).ok())
+                .ok_or_else(|| {
+                    AgentError::Invalid(format!(
+                        "[anthropic] {field} = \"{text}\" in config.toml is not a duration like \"2160h\" or \"90s\""
+                    ))
+                })
+        };
+        if let Some(text) = &self.cert_duration {
+            v.server = parse("cert_duration", text)?;
+        }
+        if let Some(text) = &self.renew_before {
+            v.renew_before = parse("renew_before", text)?;
+        }
+        if v.renew_before >= v.server {
+            return Err(AgentError::Invalid(
+                "[anthropic] renew_before must be shorter than cert_duration".into(),
+            ));
+        }
+        Ok(v)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -387,7 +422,25 @@ mod tests {
                 allowed_ips: vec!["10.0.0.0/8".into()],
                 disable_ip_validation: false,
             },
+            cert_duration: Some("60s".into()),
+            renew_before: Some("30s".into()),
         };
+        let v = section.validity().unwrap();
+        assert_eq!(v.server, time::Duration::seconds(60));
+        assert_eq!(v.renew_before, time::Duration::seconds(30));
+        let no_margin = AnthropicConfig {
+            renew_before: None,
+            ..section.clone()
+        };
+        assert!(
+            no_margin.validity().is_err(),
+            "a 30-day margin on a 60 s certificate is refused"
+        );
+        let garbage = AnthropicConfig {
+            cert_duration: Some("soon".into()),
+            ..section.clone()
+        };
+        assert!(garbage.validity().is_err());
         let cfg = update(&path, Edit::SetAnthropic(Some(&section))).unwrap();
         assert_eq!(cfg.anthropic.as_ref(), Some(&section));
         assert!(fs::read_to_string(&path).unwrap().contains("# keep me"));

@@ -51,6 +51,8 @@ pub struct TunnelRuntime {
     pub listen_addr: String,
     pub terminator: airlock_ingress::Terminator,
     pub cloudflared: Option<tokio::sync::watch::Receiver<airlock_tunnel::CloudflaredState>>,
+    /// Server certificate validity and renewal margin (`cert_duration` / `renew_before`).
+    pub validity: crate::pki_store::Validity,
 }
 
 impl TunnelRuntime {

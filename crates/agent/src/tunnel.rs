@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::AnthropicConfig;
 use crate::error::AgentError;
-use crate::pki_store::{PkiStore, Validity};
+use crate::pki_store::PkiStore;
 use crate::state::{AgentState, TunnelRuntime};
 
 /// Keystore entry of cloudflared's tunnel token.
@@ -36,12 +36,8 @@ pub async fn start(
     stop: CancellationToken,
 ) -> Result<(), AgentError> {
     let pki_root = state.home.root().join("pki");
-    let store = PkiStore::new(
-        &pki_root,
-        &config.tunnel_domain,
-        &keystore,
-        Validity::default(),
-    )?;
+    let validity = config.validity()?;
+    let store = PkiStore::new(&pki_root, &config.tunnel_domain, &keystore, validity)?;
     let domain = store.domain().to_string();
     let cert = store.server_cert(OffsetDateTime::now_utc()).await?;
     let tls = InnerTls::new(&cert.chain_pem, cert.key_pem.expose())
@@ -109,10 +105,15 @@ pub async fn start(
         config.allowed_origins.clone(),
         stop.clone(),
     ));
+    // Check often enough to renew inside the window: a quarter of it, between a second and an hour.
+    let check = Duration::try_from(validity.renew_before / 4)
+        .unwrap_or(RENEW_CHECK)
+        .clamp(Duration::from_secs(1), RENEW_CHECK);
     tasks.spawn(renew_loop(
         state.clone(),
         keystore,
         config.tunnel_domain.clone(),
+        check,
         stop,
     ));
     let runtime = TunnelRuntime {
@@ -120,6 +121,7 @@ pub async fn start(
         listen_addr: local.to_string(),
         terminator,
         cloudflared,
+        validity,
     };
     if state.tunnel.set(runtime).is_err() {
         return Err(AgentError::Invalid(
@@ -193,7 +195,7 @@ pub async fn reload_certificate(
         &state.home.root().join("pki"),
         domain,
         keystore,
-        Validity::default(),
+        tunnel.validity,
     )?;
     let cert = store.server_cert(OffsetDateTime::now_utc()).await?;
     if cert.cert_der == tunnel.terminator.tls().current_leaf_der() {
@@ -212,15 +214,16 @@ async fn renew_loop(
     state: Arc<AgentState>,
     keystore: Arc<Keystore>,
     domain: String,
+    check: Duration,
     stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(RENEW_CHECK) => {}
+            _ = tokio::time::sleep(check) => {}
         }
         if let Err(e) = reload_certificate(&state, &keystore, &domain).await {
-            tracing::warn!(error = %e, "certificate renewal failed; retrying in an hour");
+            tracing::warn!(error = %e, "certificate renewal failed; retrying");
         }
     }
 }
@@ -277,6 +280,8 @@ pub fn import_proxy_config(
                     .collect(),
                 disable_ip_validation: proxy.upstream.disable_ip_validation,
             },
+            cert_duration: None,
+            renew_before: None,
         },
         notes,
     ))
