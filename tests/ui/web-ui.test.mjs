@@ -66,17 +66,26 @@ function check(cond, msg) {
   if (!cond) fail(msg);
   return Boolean(cond);
 }
-async function step(name, fn) {
+let aborted = false;
+// Runs one step; a failed step records why. After a failed `critical` step (nothing after it
+// can work) the remaining steps are skipped so the run ends quickly.
+async function step(name, fn, critical = false) {
+  if (aborted) {
+    console.error(`-- ${name}: skipped`);
+    return;
+  }
   console.error(`-- ${name}`);
   try {
     await fn();
   } catch (err) {
     fail(`${name}: ${err && err.message ? err.message.split("\n")[0] : String(err)}`);
+    aborted = aborted || critical;
   }
 }
 function watch(page, label) {
   page.on("console", (msg) => {
     const text = msg.text();
+    if (summary.console_errors.length >= 20) return;
     // A CSP refusal means the page tried to run or load something inline or foreign.
     if (msg.type() === "error" || /Content Security Policy|Refused to/i.test(text)) {
       // The sign-in screen's probe of /v1/status answers 401 by design.
@@ -123,7 +132,7 @@ try {
     // about:blank + this page: replaceState, not pushState (which would leave the code one
     // Back press away).
     check(history <= 2, `the code URL must be replaced, not pushed (history.length ${history})`);
-  });
+  }, true);
 
   await step("servers are listed", async () => {
     await page.locator(".server-name", { hasText: opts.expose }).first().waitFor();
@@ -135,7 +144,7 @@ try {
       check(summary.diagnostic_seen, `no diagnostic mentioning ${opts.diagnostic}: ${JSON.stringify(diags)}`);
       check(summary.diagnostic_seen && /:\d+(:\d+)?: \S/.test(summary.diagnostic_seen), `diagnostic lacks path:line: ${summary.diagnostic_seen}`);
     }
-  });
+  }, true);
 
   await step("script-bearing names are text", async () => {
     for (const name of opts.xss) {

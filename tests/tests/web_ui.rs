@@ -1,0 +1,229 @@
+//! The web UI end to end: a real agent serves `ui/`, `airlock ui --print` hands out a one-time
+//! login link, and Debian's headless Chromium (driven by `playwright-core` from `tests/ui`)
+//! logs in, lists the servers, exposes one with its switch, watches a second tab learn about
+//! it through the event stream, copies the URL / `claude mcp add` line / Messages API snippet,
+//! visits every view and proves script-bearing server names stay text. Screenshots land in
+//! `tests/artifacts/ui/`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use airlock_e2e::{
+    Agent, NodeTools, TestHome, raw_http, repo_root, run_with_timeout, split_url, venv_bin,
+};
+use serde_json::{Value, json};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
+const XSS_IMG: &str = r#"<img src=x onerror="window.__xss=1">"#;
+const XSS_SCRIPT: &str = r#""><script>window.__xss=2</script>"#;
+
+fn ui_test_dir() -> PathBuf {
+    repo_root().join("tests/ui")
+}
+
+/// Fails (never skips) when the browser or the npm driver is missing.
+fn require_browser_tools() {
+    assert!(
+        std::path::Path::new(CHROMIUM).is_file(),
+        "{CHROMIUM} is missing: run `scripts/test` once (it runs `apt-get install chromium`)"
+    );
+    let pw = ui_test_dir().join("node_modules/playwright-core/package.json");
+    assert!(
+        pw.is_file(),
+        "{} is missing: run `scripts/test` once (it runs `npm ci` in tests/ui)",
+        pw.display()
+    );
+}
+
+/// A home whose Claude Desktop config holds the real `time` server and two servers whose
+/// names are markup, next to a Cursor config that does not parse.
+fn home() -> TestHome {
+    let home = TestHome::new();
+    let time = venv_bin("mcp-server-time");
+    let cfg = json!({
+        "mcpServers": {
+            "time": { "command": time, "args": ["--local-timezone", "UTC"] },
+            XSS_IMG: { "command": time, "args": ["--local-timezone", "Europe/Paris"] },
+            XSS_SCRIPT: { "command": time, "args": ["--local-timezone", "Asia/Tokyo", "\"><b>x</b>"] }
+        }
+    });
+    home.write(
+        ".config/Claude/claude_desktop_config.json",
+        &serde_json::to_string_pretty(&cfg).expect("serialize config"),
+    );
+    home.write(
+        ".cursor/mcp.json",
+        "{\n  \"mcpServers\": {\n    \"broken\": { \"command\": \"x\" }\n    \"next\": {}\n  }\n}\n",
+    );
+    home
+}
+
+#[test]
+fn browser_logs_in_exposes_copies_and_never_runs_server_names() {
+    require_browser_tools();
+    let node = NodeTools::locate();
+    let agent = Agent::start(home());
+    for name in ["time", XSS_IMG, XSS_SCRIPT] {
+        agent.wait_server(name, Duration::from_secs(30));
+    }
+    let listed = agent.cli_json(&["servers", "--json"]);
+    let diagnostics = listed["diagnostics"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        diagnostics.iter().any(|d| d["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with(".cursor/mcp.json"))),
+        "the malformed Cursor config must produce a diagnostic: {listed}"
+    );
+
+    // The page itself: served from the API origin under the strict CSP, no inline script.
+    let info = agent.info();
+    let (api_addr, _) = split_url(&info.api_url);
+    let host = api_addr.to_string();
+    let index = raw_http(api_addr, "GET", "/", &[("Host", host.as_str())], None);
+    assert_eq!(index.status, 200, "GET / : {}", index.body);
+    let csp = index.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("default-src 'none'"),
+        "GET / must carry the strict CSP, got {csp:?}"
+    );
+    assert!(
+        index
+            .body
+            .contains(r#"<script type="module" src="/ui/app.js">"#),
+        "index.html must load /ui/app.js: {}",
+        index.body
+    );
+
+    // A one-time login link for the browser.
+    let out = agent.cli(&["ui", "--print"]);
+    out.assert_success("airlock ui --print");
+    let url = out
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(
+        url.starts_with(&format!("{}/#code=", info.api_url.trim_end_matches('/'))),
+        "`airlock ui --print` must print {}/#code=…, printed {:?}",
+        info.api_url,
+        out.stdout
+    );
+
+    let artifacts = repo_root().join("tests/artifacts/ui");
+    let mut cmd = node.command(&ui_test_dir().join("web-ui.test.mjs"));
+    cmd.current_dir(repo_root())
+        .arg(&url)
+        .args([
+            "--expose",
+            "time",
+            "--xss-name",
+            XSS_IMG,
+            "--xss-name",
+            XSS_SCRIPT,
+        ])
+        .args(["--diagnostic", ".cursor/mcp.json", "--out"])
+        .arg(&artifacts);
+    let run = run_with_timeout(cmd, BROWSER_TIMEOUT);
+    eprintln!("--- web-ui.test.mjs stderr\n{}", run.stderr);
+    let summary: Value = serde_json::from_str(
+        run.stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "web-ui.test.mjs printed no JSON summary ({e}; code {:?}, timed out {}):\n--- stdout\n{}\n--- agent stderr\n{}",
+            run.code,
+            run.timed_out,
+            run.stdout,
+            agent.stderr_log()
+        )
+    });
+    println!("web UI summary: {summary}");
+    assert!(
+        run.code == Some(0) && summary["ok"] == true,
+        "the browser test failed (code {:?}): {}",
+        run.code,
+        summary["failures"]
+    );
+
+    // What the browser saw and copied, against the agent's own answers.
+    assert_eq!(summary["code_removed_from_url"], true, "{summary}");
+    assert_eq!(summary["sse_other_tab_updated"], true, "{summary}");
+    assert_eq!(summary["reused_code_shows_login"], true, "{summary}");
+    assert_eq!(summary["xss"][XSS_IMG], true, "{summary}");
+    assert_eq!(summary["xss"][XSS_SCRIPT], true, "{summary}");
+    assert_eq!(summary["xss"]["window_xss"], "undefined", "{summary}");
+    let views: Vec<&str> = summary["views"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|x| x["view"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        views,
+        [
+            "servers",
+            "hostnames",
+            "tunnel",
+            "approvals",
+            "clients",
+            "sandbox",
+            "audit"
+        ],
+        "{summary}"
+    );
+    for shot in summary["screenshots"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let p = PathBuf::from(shot.as_str().unwrap_or_default());
+        let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 1000, "screenshot {} is missing or empty", p.display());
+    }
+
+    let time = agent.cli_json(&["url", "time", "--json"]);
+    let local = time["url"].as_str().unwrap_or_default();
+    let token = time["bearer_token"].as_str().unwrap_or_default();
+    let hostname = time["hostname"].as_str().unwrap_or_default();
+    assert!(!local.is_empty() && !token.is_empty(), "{time}");
+    assert_eq!(summary["exposed"], local, "{summary}");
+    assert_eq!(summary["clipboard"]["url"], local, "{summary}");
+    assert_eq!(
+        summary["clipboard"]["claude"],
+        format!(
+            "claude mcp add --transport http {hostname} {local} --header \"Authorization: Bearer {token}\""
+        )
+        .as_str(),
+        "{summary}"
+    );
+    let snippet: Value =
+        serde_json::from_str(summary["clipboard"]["snippet"].as_str().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("copied snippet is not JSON ({e}): {summary}"));
+    assert_eq!(
+        snippet,
+        json!({
+            "mcp_servers": [{ "type": "url", "url": local, "name": hostname, "authorization_token": token }],
+            "tools": [{ "type": "mcp_toolset", "mcp_server_name": hostname }]
+        }),
+        "{summary}"
+    );
+
+    // The switch really exposed the server (and only that one).
+    let time = agent.server_named("time").expect("time still listed");
+    assert_eq!(time["exposed"], true, "{time}");
+    for name in [XSS_IMG, XSS_SCRIPT] {
+        let s = agent
+            .server_named(name)
+            .expect("script-bearing server still listed");
+        assert_eq!(s["exposed"], false, "{s}");
+    }
+}
