@@ -280,6 +280,7 @@ struct State {
     buckets: Mutex<HashMap<String, Bucket>>,
     metrics: Metrics,
     next_id: AtomicU64,
+    rr: AtomicU64,
     shutting_down: AtomicBool,
 }
 
@@ -359,6 +360,7 @@ impl Relay {
                 buckets: Mutex::new(HashMap::new()),
                 metrics: Metrics::default(),
                 next_id: AtomicU64::new(1),
+                rr: AtomicU64::new(0),
                 shutting_down: AtomicBool::new(false),
             }),
             tunnel,
@@ -667,6 +669,11 @@ impl State {
                     .collect()
             })
             .unwrap_or_default();
+        // Fewest streams first; ties rotate so idle connections share new streams.
+        if !v.is_empty() {
+            let k = self.rr.fetch_add(1, Ordering::Relaxed) as usize % v.len();
+            v.rotate_left(k);
+        }
         v.sort_by_key(|(n, _)| *n);
         v.into_iter().map(|(_, h)| h).collect()
     }

@@ -427,4 +427,50 @@ mod tests {
             );
         }
     }
+
+    /// The first flight of a real rustls client, fed whole and in random-sized pieces.
+    #[test]
+    fn real_rustls_client_hello() {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from("Api.abc123.Relay.Example").unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        let mut raw = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut raw).unwrap();
+        }
+        assert!(raw.len() > 100);
+        assert_eq!(
+            ClientHelloParser::default().push(&raw).unwrap(),
+            Parsed::Sni("api.abc123.relay.example".into())
+        );
+        let mut p = ClientHelloParser::default();
+        let mut out = Parsed::NeedMore;
+        for chunk in raw.chunks(7) {
+            out = p.push(chunk).unwrap();
+        }
+        assert_eq!(out, Parsed::Sni("api.abc123.relay.example".into()));
+        // An IP-address server name sends no SNI.
+        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        let mut raw = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut raw).unwrap();
+        }
+        assert_eq!(
+            ClientHelloParser::default().push(&raw).unwrap(),
+            Parsed::NoSni
+        );
+    }
 }

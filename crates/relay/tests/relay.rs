@@ -621,3 +621,48 @@ async fn per_ip_cap_limits_one_address_not_others() {
     link.stop().await;
     s.relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_spread_over_several_connections_of_one_tunnel() {
+    let s = setup(|_| {}).await;
+    // Two links with the same token and key, as an agent connected to one node twice
+    // (one per relay node in production).
+    let (l1, mut s1) = start_link(&s.relay, &s.token, &s.identity, &s.cert);
+    let (l2, mut s2) = start_link(&s.relay, &s.token, &s.identity, &s.cert);
+    wait_connected(&l1).await;
+    wait_connected(&l2).await;
+    for i in 0..8 {
+        let tcp = TcpStream::connect(s.relay.public).await.unwrap();
+        let mut tls = tls_client(tcp, &s.cert, &format!("n{i}.{}", s.domain))
+            .await
+            .unwrap();
+        echo_once(&mut tls, b"spread").await;
+    }
+    let (mut a, mut b) = (0, 0);
+    while s1.try_recv().is_ok() {
+        a += 1;
+    }
+    while s2.try_recv().is_ok() {
+        b += 1;
+    }
+    assert_eq!(a + b, 8);
+    assert!(a > 0 && b > 0, "all streams on one connection: {a}/{b}");
+    // One connection going away leaves the tunnel served by the other.
+    l1.stop().await;
+    let ops = s.relay.ops.unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while metric(
+        &http_get(ops, "/metrics").await,
+        "airlock_relay_agents_connected",
+    ) != 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "relay did not notice the closed link"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    roundtrip(&s.relay, &s.cert, &format!("after.{}", s.domain)).await;
+    l2.stop().await;
+    s.relay.shutdown().await;
+}
