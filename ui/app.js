@@ -42,6 +42,7 @@ window.airlockUi = { events: state.events };
 const root = document.getElementById("app");
 let view = currentView();
 let source = null;
+let closedDelay = 1000;
 
 function currentView() {
   const m = /^#\/([a-z]+)$/.exec(location.hash);
@@ -70,6 +71,9 @@ async function refresh() {
         state.diagnostics = Array.isArray(servers?.diagnostics) ? servers.diagnostics : [];
         state.globalError = null;
         state.phase = "ready";
+        if (!source) {
+          connectEvents(); // (re)subscribe after the stream was given up
+        }
         // Forget tokens of servers that are no longer exposed.
         for (const id of [...state.tokens.keys()]) {
           if (!state.servers.some((s) => s.id === id && s.exposed)) {
@@ -127,11 +131,18 @@ function connectEvents() {
     },
     (conn) => {
       state.conn = conn;
-      if (conn === "closed") {
+      if (conn === "live") {
+        closedDelay = 1000;
+      } else if (conn === "closed") {
         // The browser gave up (e.g. the agent restarted and our session is gone). Check why
-        // once; a 401 shows the login screen, anything else is reported with a retry button.
+        // after a growing delay: a 401 shows the login screen; otherwise refresh() subscribes
+        // again (and reports the error if the agent is still away).
+        if (source) {
+          source.close();
+        }
         source = null;
-        refresh();
+        setTimeout(refresh, closedDelay);
+        closedDelay = Math.min(closedDelay * 2, 30000);
       }
       renderConn();
     },
@@ -427,7 +438,6 @@ async function start() {
   }
   state.phase = "ready";
   await refresh();
-  connectEvents();
 }
 
 start();

@@ -44,7 +44,11 @@ export function shellWords(argv) {
  */
 export function copyButton(label, getText, opts = {}) {
   const status = h("span", { class: "copy-status", role: "status", "aria-live": "polite" });
-  const btn = h("button", { type: "button", class: "btn btn-small", "aria-label": opts.ariaLabel || label }, label);
+  const btn = h(
+    "button",
+    { type: "button", class: "btn btn-small", "aria-label": opts.ariaLabel || label, dataset: { focusKey: `copy:${opts.ariaLabel || label}` } },
+    label,
+  );
   let timer = null;
   on(btn, "click", async () => {
     btn.disabled = true;
