@@ -264,6 +264,7 @@ impl Metrics {
 
 struct Agent {
     id: u64,
+    jti: String,
     handle: MuxHandle,
 }
 
@@ -491,7 +492,20 @@ async fn reload_revocations(state: Arc<State>, cancel: CancellationToken) {
         }
         let auth = state.auth.clone();
         match tokio::task::spawn_blocking(move || auth.reload_revocations()).await {
-            Ok(Ok(true)) => tracing::info!("revocation list reloaded"),
+            Ok(Ok(true)) => {
+                tracing::info!("revocation list reloaded");
+                // Cut live connections whose token was just revoked (abortive: the operator
+                // revoked access, in-flight streams end too).
+                for agents in lock(&state.tunnels).values() {
+                    for a in agents.iter().filter(|a| state.auth.is_revoked(&a.jti)) {
+                        tracing::info!(
+                            tunnel_conn = a.id,
+                            "token revoked: closing the agent connection"
+                        );
+                        a.handle.abort();
+                    }
+                }
+            }
             Ok(Ok(false)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "revocation list reload failed"),
             Err(e) => tracing::warn!(error = %e, "revocation reload task failed"),
@@ -581,6 +595,7 @@ async fn serve_agent(
         let mut t = lock(&state.tunnels);
         t.entry(domain.clone()).or_default().push(Agent {
             id,
+            jti: claims.jti.clone(),
             handle: handle.clone(),
         });
     }

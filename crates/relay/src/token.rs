@@ -333,6 +333,14 @@ impl TokenAuthority {
         Ok(claims)
     }
 
+    /// Whether `jti` is in the currently loaded revocation list.
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked
+            .read()
+            .map(|r| r.set.contains(jti))
+            .unwrap_or(true)
+    }
+
     /// Adds `jti` to the revocation file (and takes effect here at once).
     pub fn revoke(&self, jti: &str) -> Result<(), TokenError> {
         let jti = jti.trim();

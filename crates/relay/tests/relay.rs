@@ -666,3 +666,33 @@ async fn streams_spread_over_several_connections_of_one_tunnel() {
     l2.stop().await;
     s.relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_file_reload_cuts_live_connections() {
+    let s = setup(|c| c.revocation_reload = Duration::from_millis(200)).await;
+    let (link, _snis) = start_link(&s.relay, &s.token, &s.identity, &s.cert);
+    wait_connected(&link).await;
+    let claims = s
+        .relay
+        .auth
+        .verify(&s.token, std::time::SystemTime::now())
+        .unwrap();
+    // The operator distributes a new revocation file (written by another tool, not `revoke`).
+    std::fs::write(
+        s._dir.path().join("revoked-tokens.txt"),
+        format!("# revoked\n{}\n", claims.jti),
+    )
+    .unwrap();
+    let mut st = link.status();
+    let v = tokio::time::timeout(
+        T,
+        st.wait_for(|v| matches!(&v[0].state, NodeState::Backoff { last_error, .. } if last_error.contains("revoked"))),
+    )
+    .await
+    .expect("link was not cut and refused after revocation")
+    .unwrap()
+    .clone();
+    assert!(matches!(v[0].state, NodeState::Backoff { .. }));
+    link.stop().await;
+    s.relay.shutdown().await;
+}
