@@ -594,8 +594,8 @@ async fn per_ip_cap_limits_one_address_not_others() {
         t.write_all(&[0x16, 3, 1]).await.unwrap(); // a ClientHello that never finishes
         idle.push(t);
     }
-    // Give the relay time to account for them.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The accept loop takes the per-IP slot before handing a connection off, in accept
+    // order, so the fifth connection is refused regardless of timing.
     let mut fifth = connect_from("127.0.0.2", s.relay.public).await.unwrap();
     let mut buf = [0u8; 8];
     let r = tokio::time::timeout(Duration::from_secs(10), fifth.read(&mut buf)).await;
@@ -611,11 +611,20 @@ async fn per_ip_cap_limits_one_address_not_others() {
     echo_once(&mut tls, b"other ip").await;
     // Closing one idle connection frees a slot for the capped address.
     drop(idle.pop());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let tcp = connect_from("127.0.0.2", s.relay.public).await.unwrap();
-    let mut tls = tls_client(tcp, &s.cert, &format!("ip2.{}", s.domain))
-        .await
-        .unwrap();
+    let deadline = std::time::Instant::now() + T;
+    let mut tls = loop {
+        let tcp = connect_from("127.0.0.2", s.relay.public).await.unwrap();
+        match tls_client(tcp, &s.cert, &format!("ip2.{}", s.domain)).await {
+            Ok(t) => break t,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "slot never freed: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     echo_once(&mut tls, b"slot freed").await;
     drop(idle);
     link.stop().await;
