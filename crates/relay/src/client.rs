@@ -378,3 +378,40 @@ async fn serve(
         other => format!("{other:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_jittered_and_grows() {
+        let o = LinkOptions::default();
+        for _ in 0..200 {
+            let d1 = backoff_delay(&o, 1);
+            assert!(d1 >= Duration::from_millis(100) && d1 <= Duration::from_millis(200));
+            let d4 = backoff_delay(&o, 4);
+            assert!(d4 >= Duration::from_millis(800) && d4 <= Duration::from_millis(1600));
+            let big = backoff_delay(&o, 1000);
+            assert!(big >= Duration::from_secs(15) && big <= Duration::from_secs(30));
+        }
+        let spread: std::collections::HashSet<u128> =
+            (0..50).map(|_| backoff_delay(&o, 5).as_micros()).collect();
+        assert!(spread.len() > 10, "no jitter");
+    }
+
+    #[test]
+    fn node_state_serialises_for_status() {
+        let s = NodeStatus {
+            addr: "relay.example:7443".into(),
+            state: NodeState::Backoff {
+                until: 5,
+                attempt: 2,
+                last_error: "refused".into(),
+            },
+        };
+        let v = serde_json::to_value(&s).unwrap_or_default();
+        assert_eq!(v["state"], "backoff");
+        assert_eq!(v["attempt"], 2);
+        assert_eq!(v["addr"], "relay.example:7443");
+    }
+}

@@ -705,3 +705,44 @@ async fn revocation_file_reload_cuts_live_connections() {
     link.stop().await;
     s.relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlist_and_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Create the token first so the allowlist can name the tunnel domain.
+    let auth = TokenAuthority::open(dir.path(), BASE).unwrap();
+    let (token, claims) = auth.create("laptop", None).unwrap();
+    let domain = auth.tunnel_domain(&claims.tunnel_id);
+    drop(auth);
+    let d = domain.clone();
+    let relay = start_relay(dir.path(), move |c| {
+        c.allowlists
+            .insert(d, vec!["127.0.0.3/32".parse().unwrap()]);
+        c.rate_limit = Some(airlock_relay::RateLimit {
+            per_second: 0.001,
+            burst: 2,
+        });
+    })
+    .await;
+    let cert = echo_cert(&domain);
+    let (identity, _, _) = Identity::generate_self_signed(vec!["agent".into()]).unwrap();
+    let (link, _snis) = start_link(&relay, &token, &identity, &cert);
+    wait_connected(&link).await;
+    let sni = format!("a.{domain}");
+    // Not on the allowlist.
+    let tcp = connect_from("127.0.0.2", relay.public).await.unwrap();
+    assert!(tls_client(tcp, &cert, &sni).await.is_err());
+    // Allowed: two connections (the burst), then the bucket is empty.
+    for _ in 0..2 {
+        let tcp = connect_from("127.0.0.3", relay.public).await.unwrap();
+        let mut tls = tls_client(tcp, &cert, &sni).await.unwrap();
+        echo_once(&mut tls, b"allowed").await;
+    }
+    let tcp = connect_from("127.0.0.3", relay.public).await.unwrap();
+    assert!(
+        tls_client(tcp, &cert, &sni).await.is_err(),
+        "rate limit not applied"
+    );
+    link.stop().await;
+    relay.shutdown().await;
+}
