@@ -59,10 +59,65 @@ fn home() -> TestHome {
     home
 }
 
+/// `airlock ui --print`: a one-time login link on the agent's API origin.
+fn login_url(agent: &Agent) -> String {
+    let info = agent.info();
+    let out = agent.cli(&["ui", "--print"]);
+    out.assert_success("airlock ui --print");
+    let url = out
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(
+        url.starts_with(&format!("{}/#code=", info.api_url.trim_end_matches('/'))),
+        "`airlock ui --print` must print {}/#code=…, printed {:?}",
+        info.api_url,
+        out.stdout
+    );
+    url
+}
+
+/// Runs `tests/ui/<script> <args>` on the pinned Node 22 and returns its JSON summary,
+/// panicking (with the script's log and the agent's) unless it passed.
+fn run_ui_script(agent: &Agent, script: &str, args: &[&str]) -> Value {
+    let node = NodeTools::locate();
+    let mut cmd = node.command(&ui_test_dir().join(script));
+    cmd.current_dir(repo_root()).args(args);
+    let run = run_with_timeout(cmd, BROWSER_TIMEOUT);
+    eprintln!("--- {script} stderr\n{}", run.stderr);
+    let summary: Value = serde_json::from_str(
+        run.stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{script} printed no JSON summary ({e}; code {:?}, timed out {}):\n--- stdout\n{}\n--- agent stderr\n{}",
+            run.code,
+            run.timed_out,
+            run.stdout,
+            agent.stderr_log()
+        )
+    });
+    println!("{script} summary: {summary}");
+    assert!(
+        run.code == Some(0) && summary["ok"] == true,
+        "{script} failed (code {:?}): {}",
+        run.code,
+        summary["failures"]
+    );
+    summary
+}
+
 #[test]
 fn browser_logs_in_exposes_copies_and_never_runs_server_names() {
     require_browser_tools();
-    let node = NodeTools::locate();
     let agent = Agent::start(home());
     for name in ["time", XSS_IMG, XSS_SCRIPT] {
         agent.wait_server(name, Duration::from_secs(30));
@@ -98,62 +153,24 @@ fn browser_logs_in_exposes_copies_and_never_runs_server_names() {
         index.body
     );
 
-    // A one-time login link for the browser.
-    let out = agent.cli(&["ui", "--print"]);
-    out.assert_success("airlock ui --print");
-    let url = out
-        .stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    assert!(
-        url.starts_with(&format!("{}/#code=", info.api_url.trim_end_matches('/'))),
-        "`airlock ui --print` must print {}/#code=…, printed {:?}",
-        info.api_url,
-        out.stdout
-    );
-
+    let url = login_url(&agent);
     let artifacts = repo_root().join("tests/artifacts/ui");
-    let mut cmd = node.command(&ui_test_dir().join("web-ui.test.mjs"));
-    cmd.current_dir(repo_root())
-        .arg(&url)
-        .args([
+    let summary = run_ui_script(
+        &agent,
+        "web-ui.test.mjs",
+        &[
+            url.as_str(),
             "--expose",
             "time",
             "--xss-name",
             XSS_IMG,
             "--xss-name",
             XSS_SCRIPT,
-        ])
-        .args(["--diagnostic", ".cursor/mcp.json", "--out"])
-        .arg(&artifacts);
-    let run = run_with_timeout(cmd, BROWSER_TIMEOUT);
-    eprintln!("--- web-ui.test.mjs stderr\n{}", run.stderr);
-    let summary: Value = serde_json::from_str(
-        run.stdout
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'))
-            .unwrap_or_default(),
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "web-ui.test.mjs printed no JSON summary ({e}; code {:?}, timed out {}):\n--- stdout\n{}\n--- agent stderr\n{}",
-            run.code,
-            run.timed_out,
-            run.stdout,
-            agent.stderr_log()
-        )
-    });
-    println!("web UI summary: {summary}");
-    assert!(
-        run.code == Some(0) && summary["ok"] == true,
-        "the browser test failed (code {:?}): {}",
-        run.code,
-        summary["failures"]
+            "--diagnostic",
+            ".cursor/mcp.json",
+            "--out",
+            artifacts.to_string_lossy().as_ref(),
+        ],
     );
 
     // What the browser saw and copied, against the agent's own answers.
@@ -226,4 +243,93 @@ fn browser_logs_in_exposes_copies_and_never_runs_server_names() {
             .expect("script-bearing server still listed");
         assert_eq!(s["exposed"], false, "{s}");
     }
+}
+
+const DOMAIN: &str = "abcd1234.tunnel.example";
+
+#[test]
+fn tunnel_view_shows_the_ca_and_tunnel_urls_the_cli_reports() {
+    require_browser_tools();
+    let home = TestHome::new();
+    let cfg = json!({
+        "mcpServers": {
+            "time": { "command": venv_bin("mcp-server-time"), "args": ["--local-timezone", "UTC"] }
+        }
+    });
+    home.write(
+        ".config/Claude/claude_desktop_config.json",
+        &serde_json::to_string_pretty(&cfg).expect("serialize config"),
+    );
+    home.write_airlock_config(&format!(
+        "[discovery]\nprobe_running = false\n\n[keystore]\nbackend = \"file\"\n\n\
+         [anthropic]\ntunnel_domain = \"{DOMAIN}\"\nlisten_addr = \"127.0.0.1:0\"\n"
+    ));
+    let agent = Agent::start(home);
+    agent.wait_server("time", Duration::from_secs(60));
+    agent
+        .cli(&["expose", "time", "--yes", "--hostname", "time"])
+        .assert_success("airlock expose time");
+
+    let url = login_url(&agent);
+    let artifacts = repo_root().join("tests/artifacts/ui");
+    let summary = run_ui_script(
+        &agent,
+        "tunnel-view.test.mjs",
+        &[
+            url.as_str(),
+            "--domain",
+            DOMAIN,
+            "--server",
+            "time",
+            "--out",
+            artifacts.to_string_lossy().as_ref(),
+        ],
+    );
+
+    let status = agent.cli_json(&["status", "--json"]);
+    assert_eq!(
+        summary["tunnel"]["listen_addr"], status["anthropic"]["listen_addr"],
+        "{summary}\n{status}"
+    );
+    assert_eq!(summary["tunnel"]["keystore"], "file", "{summary}");
+    assert_eq!(
+        summary["tunnel"]["keystore_warning"], 1,
+        "the file keystore must be flagged: {summary}"
+    );
+    let fingerprint = agent.cli(&["ca", "fingerprint"]);
+    fingerprint.assert_success("airlock ca fingerprint");
+    let fingerprint = fingerprint.stdout.trim();
+    assert_eq!(summary["tunnel"]["fingerprint"], fingerprint, "{summary}");
+    assert_eq!(
+        summary["clipboard"]["fingerprint"], fingerprint,
+        "{summary}"
+    );
+    let pem = agent.cli(&["ca", "export"]);
+    pem.assert_success("airlock ca export");
+    assert_eq!(
+        summary["clipboard"]["pem"].as_str().map(str::trim),
+        Some(pem.stdout.trim()),
+        "{summary}"
+    );
+    let time = agent.cli_json(&["url", "time", "--json"]);
+    assert_eq!(
+        time["tunnel_url"],
+        format!("https://time.{DOMAIN}/mcp").as_str(),
+        "{time}"
+    );
+    assert_eq!(
+        summary["clipboard"]["tunnel_url"], time["tunnel_url"],
+        "{summary}"
+    );
+    let snippet: Value =
+        serde_json::from_str(summary["clipboard"]["snippet"].as_str().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("copied snippet is not JSON ({e}): {summary}"));
+    assert_eq!(
+        snippet["mcp_servers"][0]["url"], time["tunnel_url"],
+        "{snippet}"
+    );
+    assert_eq!(
+        snippet["mcp_servers"][0]["authorization_token"], time["bearer_token"],
+        "{snippet}"
+    );
 }

@@ -125,7 +125,7 @@ export function tunnelView(state, actions) {
         row("Keystore", keystore === "file" ? badge("file", "warn") : badge(keystore, keystore === "keychain" ? "ok" : "muted")),
       ),
       keystore === "file"
-        ? h("p", { class: "warning", role: "note" }, "Secrets (the gateway token, CA keys, the tunnel token) are in 0600 files under AIRLOCK_HOME/secrets because no OS keychain answered. Anyone who can read your files can read them.")
+        ? h("p", { class: "warning", role: "note" }, "Secrets (the gateway token, CA keys, the tunnel token) are kept in 0600 files under AIRLOCK_HOME/secrets, not in the OS keychain: anything running as you can read them. Use --keystore keychain (or [keystore] backend = \"keychain\") where a keychain is available.")
         : null,
     ),
   );
