@@ -610,12 +610,17 @@ where
         tokio::select! {
             r = rd.read(&mut rbuf) => match r {
                 Ok(0) => {
+                    // During a drain the peer closes its transport as soon as its last stream
+                    // is released, possibly before we consumed the final FIN ourselves: that
+                    // is a graceful end (data already received stays readable).
+                    let graceful = *shared.state.borrow() == MuxState::Draining;
+                    let close = if graceful {
+                        None
+                    } else {
+                        Some(CloseError("the peer closed the connection".into(), None))
+                    };
                     let mut g = shared.lock();
-                    g.kill(
-                        MuxError::PeerClosed,
-                        Some(CloseError("the peer closed the connection".into(), None)),
-                        &shared.state,
-                    );
+                    g.kill(MuxError::PeerClosed, close, &shared.state);
                 }
                 Ok(n) => {
                     let mut g = shared.lock();
