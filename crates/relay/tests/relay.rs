@@ -280,10 +280,21 @@ async fn tls_handshake_completes_through_the_relay() {
     let m = http_get(ops, "/metrics").await;
     assert!(metric(&m, "airlock_relay_streams_total") >= 2, "{m}");
     assert_eq!(metric(&m, "airlock_relay_agents_connected"), 1, "{m}");
-    assert!(
-        metric(&m, "airlock_relay_bytes_to_agent_total") > 400_000,
-        "{m}"
-    );
+    // Byte counts are added when a spliced connection ends, which trails the client's close.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let m = http_get(ops, "/metrics").await;
+        if metric(&m, "airlock_relay_bytes_to_agent_total") > 400_000
+            && metric(&m, "airlock_relay_bytes_from_agent_total") > 400_000
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "byte counters not updated: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(http_get(ops, "/nope").await.starts_with("HTTP/1.1 404"));
 
     // Status serialises for `airlock status`.
