@@ -187,6 +187,10 @@ const actions = {
     state.revealed.add(id);
     render();
   },
+  async refreshAll() {
+    state.ca = undefined;
+    await refresh();
+  },
   async loadCa() {
     if (state.caLoading) {
       return;

@@ -234,6 +234,14 @@ fn browser_logs_in_exposes_copies_and_never_runs_server_names() {
         "{summary}"
     );
 
+    // Asking for `time`'s hostname for another server is refused by the agent, and the page
+    // shows the agent's own message.
+    let refusal = summary["refusal"].as_str().unwrap_or_default();
+    assert!(
+        refusal.contains(hostname),
+        "the refusal should name the taken hostname {hostname:?}: {summary}"
+    );
+
     // The switch really exposed the server (and only that one).
     let time = agent.server_named("time").expect("time still listed");
     assert_eq!(time["exposed"], true, "{time}");

@@ -63,6 +63,17 @@ async function step(name, fn, critical = false) {
   }
 }
 
+// Reads the clipboard until it holds something (the Copy button may fetch the token first).
+async function readClipboard(page, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const text = await page.evaluate(() => navigator.clipboard.readText());
+    if (text !== "") return text;
+    if (Date.now() > deadline) throw new Error("nothing reached the clipboard");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 const browser = await chromium.launch({
   executablePath: CHROMIUM,
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -90,8 +101,8 @@ try {
   const copy = async (buttonName) => {
     await page.evaluate(() => navigator.clipboard.writeText(""));
     await page.getByRole("button", { name: buttonName, exact: true }).click();
-    await page.waitForFunction(async () => (await navigator.clipboard.readText()) !== "");
-    return page.evaluate(() => navigator.clipboard.readText());
+    // The button may first fetch the token; wait until its text lands (bounded).
+    return readClipboard(page);
   };
   const dd = (term) => page.locator(".row", { has: page.locator("dt", { hasText: new RegExp(`^${term}$`) }) }).locator("dd").first();
 

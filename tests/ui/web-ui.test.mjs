@@ -88,8 +88,9 @@ function watch(page, label) {
     if (summary.console_errors.length >= 20) return;
     // A CSP refusal means the page tried to run or load something inline or foreign.
     if (msg.type() === "error" || /Content Security Policy|Refused to/i.test(text)) {
-      // The sign-in screen's probe of /v1/status answers 401 by design.
-      if (/status of 401/.test(text)) return;
+      // Chromium logs every non-2xx fetch: the sign-in probe's 401 and the refused hostname's
+      // 422 are answers the page handles (and the steps check what it shows).
+      if (/Failed to load resource: the server responded with a status of (401|422)\b/.test(text)) return;
       summary.console_errors.push(`${label}: ${text}`);
     }
   });
@@ -100,6 +101,17 @@ fs.mkdirSync(opts.out, { recursive: true });
 if (!fs.existsSync(CHROMIUM)) {
   console.error(`${CHROMIUM} is missing: run scripts/test (it installs Debian's chromium)`);
   process.exit(3);
+}
+
+// Reads the clipboard until it holds something (the Copy button may fetch the token first).
+async function readClipboard(page, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const text = await page.evaluate(() => navigator.clipboard.readText());
+    if (text !== "") return text;
+    if (Date.now() > deadline) throw new Error("nothing reached the clipboard");
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 const browser = await chromium.launch({
@@ -207,8 +219,8 @@ try {
     const read = async (buttonName) => {
       await page.evaluate(() => navigator.clipboard.writeText(""));
       await page.getByRole("button", { name: buttonName, exact: true }).click();
-      await page.waitForFunction(async () => (await navigator.clipboard.readText()) !== "", null, { timeout: STEP_TIMEOUT });
-      return page.evaluate(() => navigator.clipboard.readText());
+      // The button may first fetch the token; wait until its text lands (bounded).
+      return readClipboard(page);
     };
     summary.clipboard.url = await read(`Copy the local URL of ${opts.expose}`);
     check(summary.clipboard.url === exposedUrl, `copied URL ${summary.clipboard.url} != ${exposedUrl}`);
@@ -264,6 +276,20 @@ try {
     check(await card.locator('button[type="submit"]').isDisabled(), "save must be disabled for an invalid hostname");
     check((await input.inputValue()) === "-Bad_Name", "typing survives re-renders");
     await input.fill(opts.expose);
+  });
+
+  await step("the agent's refusal of a taken hostname is shown", async () => {
+    if (!opts.xss.length) return;
+    const hostname = new URL(exposedUrl).pathname.split("/")[1];
+    const card = page.getByRole("article", { name: opts.xss[0], exact: true });
+    await card.locator("input.hostname-input").fill(hostname);
+    await card.getByRole("button", { name: "Expose with this hostname" }).click();
+    const err = card.locator(".server-error");
+    await err.waitFor();
+    summary.refusal = await err.textContent();
+    check(summary.refusal && summary.refusal.length > 0, "an error message is shown");
+    check(!(await card.getByRole("switch").isChecked()), "the refused server stays unexposed");
+    await shot(page, "servers-refused");
   });
 
   await step("no script ran", async () => {

@@ -82,6 +82,14 @@ function caSection(state, actions) {
   );
 }
 
+// cloudflared's state has no event of its own (only server changes are pushed), so this view
+// offers an explicit refresh instead of polling.
+function refreshButton(actions) {
+  const b = h("button", { type: "button", class: "btn btn-small", dataset: { focusKey: "tunnel-refresh" } }, "Refresh");
+  on(b, "click", () => actions.refreshAll());
+  return b;
+}
+
 export function tunnelView(state, actions) {
   const st = state.status || {};
   const a = st.anthropic;
@@ -89,7 +97,7 @@ export function tunnelView(state, actions) {
   return h(
     "div",
     { class: "view", dataset: { view: "tunnel" } },
-    viewHeader("Tunnel"),
+    viewHeader("Tunnel", refreshButton(actions)),
     h(
       "section",
       { class: "card" },
