@@ -292,6 +292,31 @@ try {
     await shot(page, "servers-refused");
   });
 
+  await step("the DOM helper refuses handlers and HTML sinks", async () => {
+    summary.dom_guard = await page.evaluate(async () => {
+      const { h } = await import("/ui/dom.js");
+      const refused = (attrs) => {
+        try {
+          h("img", attrs);
+          return false;
+        } catch {
+          return true;
+        }
+      };
+      const text = h("p", null, "<b>x</b>");
+      return {
+        onerror: refused({ onerror: "window.__xss=3" }),
+        ONCLICK: refused({ ONCLICK: "window.__xss=3" }),
+        innerHTML: refused({ innerHTML: "<b>x</b>" }),
+        javascript_url: refused({ src: "javascript:window.__xss=3" }),
+        text_is_text: text.childElementCount === 0 && text.textContent === "<b>x</b>",
+      };
+    });
+    for (const [k, v] of Object.entries(summary.dom_guard)) {
+      check(v === true, `dom.js guard ${k} failed`);
+    }
+  });
+
   await step("no script ran", async () => {
     for (const p of [page, other]) {
       const r = await p.evaluate(() => ({
