@@ -103,3 +103,52 @@ impl InnerTls {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn early_data_is_never_accepted_and_alpn_offers_h2_then_http1() {
+        let (chain, key) = cert();
+        let tls = InnerTls::new(&chain, &key).unwrap();
+        let config = tls.server_config();
+        assert_eq!(
+            config.max_early_data_size, 0,
+            "0-RTT data could be replayed by the transport"
+        );
+        assert!(!config.send_half_rtt_data);
+        assert_eq!(
+            config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+
+    #[test]
+    fn bad_pem_is_a_clear_error_and_replacement_changes_the_leaf() {
+        let (chain, key) = cert();
+        assert!(matches!(
+            InnerTls::new("", &key),
+            Err(TlsError::NoCertificate)
+        ));
+        assert!(matches!(
+            InnerTls::new(&chain, "nope"),
+            Err(TlsError::BadKey(_))
+        ));
+        let tls = InnerTls::new(&chain, &key).unwrap();
+        let before = tls.current_leaf_der();
+        let (chain2, key2) = cert();
+        tls.set_certificate(&chain2, &key2).unwrap();
+        assert_ne!(tls.current_leaf_der(), before);
+        assert!(tls.set_certificate(&chain2, "garbage").is_err());
+    }
+}
