@@ -90,12 +90,18 @@ SG_URL="http://127.0.0.1:$SG_PORT/mcp"
 
 # --- measure (sequentially, same parameters) ------------------------------------------
 echo "==> tools/call echo, concurrency $CONCURRENCY, ${DURATION}s each (+${WARMUP}s warm-up)" >&2
+status=0
 AL_RES="$("$LOAD" --label airlock --url "$AL_URL" --token "$AL_TOKEN" \
-    --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP")"
+    --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP")" || status=1
 echo "$AL_RES"
 SG_RES="$("$LOAD" --label supergateway-stateful --url "$SG_URL" \
-    --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP")"
+    --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP")" || status=1
 echo "$SG_RES"
+if [ "$status" != 0 ]; then
+    echo "error: a target answered no call; logs:" >&2
+    tail -n 30 "$TMP/airlock.log" "$TMP/supergateway.log" >&2
+    exit 1
+fi
 
 python3 - "$AL_RES" "$SG_RES" <<'PY'
 import json, sys

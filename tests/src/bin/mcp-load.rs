@@ -2,7 +2,8 @@
 //! Streamable HTTP MCP endpoint on loopback (used by `bench/bridge.sh`).
 //!
 //! Each worker opens its own legacy session (`initialize` + `notifications/initialized`),
-//! then calls one tool in a closed loop until the duration ends. Prints one JSON line:
+//! then calls one tool in a closed loop until the duration ends (for `echo`, each call has
+//! a distinct message that must come back exactly). Prints one JSON line:
 //! `{"label", "url", "concurrency", "secs", "ok", "errors", "rps", "p50_ms", "p99_ms"}`.
 //!
 //! usage: mcp-load --url URL [--token T] [--concurrency 8] [--duration 10] [--warmup 1]
@@ -180,6 +181,7 @@ struct Stats {
 }
 
 async fn worker(
+    worker_no: usize,
     client: HttpClient,
     a: Arc<Args>,
     stats: Arc<Stats>,
@@ -198,18 +200,31 @@ async fn worker(
         }
     };
     let mut id: u64 = 1;
+    // For `echo`, every call carries a distinct message and must get exactly it back, so a
+    // cached or misrouted answer counts as an error.
+    let unique = a.tool == "echo";
     while !stop.load(Ordering::Relaxed) {
         id += 1;
+        let (args, expect) = if unique {
+            let msg = format!("bench-{worker_no}-{id}");
+            (json!({"message": msg}), format!("Echo: {msg}"))
+        } else {
+            (a.args.clone(), a.expect.clone())
+        };
         let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-            "params": {"name": a.tool, "arguments": a.args}});
+            "params": {"name": a.tool, "arguments": args}});
         let t0 = Instant::now();
         let res = post(&client, &a, Some(&session), &call).await;
         let took = t0.elapsed();
         let good = match &res {
             Ok((200, _, body)) => response_for(body, id).is_some_and(|v| {
-                v["result"]["content"][0]["text"]
-                    .as_str()
-                    .is_some_and(|t| t.contains(&a.expect))
+                v["result"]["content"][0]["text"].as_str().is_some_and(|t| {
+                    if unique {
+                        t == expect
+                    } else {
+                        t.contains(&expect)
+                    }
+                })
             }),
             _ => false,
         };
@@ -266,8 +281,9 @@ async fn run(a: Args) -> ExitCode {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
-    for _ in 0..a.concurrency {
+    for worker_no in 0..a.concurrency {
         handles.push(tokio::spawn(worker(
+            worker_no,
             client.clone(),
             a.clone(),
             stats.clone(),
