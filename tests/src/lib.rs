@@ -1065,7 +1065,13 @@ mod tests {
             .spawn()
             .expect("spawn sleep");
         let me = std::process::id();
-        let found = descendants_matching(me, "sleep 30");
+        // Between fork and exec the child's cmdline is still ours: look until the exec has happened.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut found = descendants_matching(me, "sleep 30");
+        while !found.iter().any(|p| p.pid == child.id()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            found = descendants_matching(me, "sleep 30");
+        }
         let _ = child.kill();
         let _ = child.wait();
         assert!(
