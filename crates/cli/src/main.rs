@@ -387,6 +387,27 @@ async fn status(home: &AirlockHome, json: bool) -> Result<(), Failure> {
     if diags > 0 {
         say!("  problems  {diags} config file(s) could not be read — see `airlock servers`");
     }
+    say!("  keystore  {}", str_of(&status, "keystore"));
+    if let Some(t) = status.get("anthropic").filter(|t| !t.is_null()) {
+        say!(
+            "  tunnel    {} (listening on {})",
+            str_of(t, "tunnel_domain"),
+            str_of(t, "listen_addr")
+        );
+        say!("  CA        {}", str_of(t, "ca_fingerprint"));
+        let cf = t.get("cloudflared").unwrap_or(&Value::Null);
+        let line = match str_of(cf, "state") {
+            "" => "no tunnel token stored (`airlock tunnel set-token`)".to_string(),
+            "running" => format!(
+                "running, {} connection(s) registered",
+                cf.get("connections").and_then(Value::as_u64).unwrap_or(0)
+            ),
+            "not_installed" => format!("not installed — {}", str_of(cf, "hint")),
+            "backoff" => format!("restarting after: {}", str_of(cf, "last_error")),
+            other => other.to_string(),
+        };
+        say!("  cloudflared {line}");
+    }
     Ok(())
 }
 
