@@ -92,9 +92,69 @@ enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Run a self-hostable relay node (SNI passthrough: it never reads a payload), or manage its tokens.
+    Relay(RelayArgs),
     /// The Anthropic MCP tunnel: switch from or to Anthropic's proxy, store cloudflared's token.
     #[command(subcommand)]
     Tunnel(TunnelCommand),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct RelayArgs {
+    #[command(subcommand)]
+    command: Option<RelayCommand>,
+    /// Base domain: each tunnel gets `<tunnel-id>.<BASE>`.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Public TLS port (clients; routed by SNI). Use :443 in production.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    public: std::net::SocketAddr,
+    /// Tunnel port (agents connect here with mutual TLS 1.3).
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    tunnel: std::net::SocketAddr,
+    /// Operator port for /healthz and /metrics (keep it private).
+    #[arg(long)]
+    ops: Option<std::net::SocketAddr>,
+    /// Relay state (operator key, tunnel certificate, bindings, revocations). Default: $AIRLOCK_HOME/relay.
+    #[arg(long)]
+    state: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum RelayCommand {
+    /// Tunnel tokens, signed with the operator key and verified offline by every node.
+    #[command(subcommand)]
+    Token(RelayTokenCommand),
+    /// Print the SHA-256 of the tunnel port's public key (SPKI), which agents pin.
+    Fingerprint {
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RelayTokenCommand {
+    /// Create a token for a new tunnel; prints it once (JSON with the token, tunnel domain and id).
+    Create {
+        #[arg(long)]
+        domain: String,
+        #[arg(long, default_value = "agent")]
+        name: String,
+        /// Validity in days (default: no expiry; revoke instead).
+        #[arg(long)]
+        ttl_days: Option<u64>,
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Add a token id (`jti`) to the revocation file that nodes reload.
+    Revoke {
+        jti: String,
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -207,6 +267,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Up { gateway_port } => up(home, gateway_port, cli.keystore, cli.log_format).await,
         Command::Ca(cmd) => ca(&home, cli.keystore, cmd).await,
         Command::Tunnel(cmd) => tunnel(&home, cli.keystore, cmd).await,
+        Command::Relay(args) => relay(&home, args, cli.log_format).await,
         Command::Ui { print } => {
             let client = ControlClient::connect(&home)?;
             let link = client.post("/v1/ui/code", &json!({})).await?;
@@ -762,6 +823,106 @@ async fn tunnel(
         }
     }
     Ok(())
+}
+
+async fn relay(home: &AirlockHome, args: RelayArgs, format: LogFormat) -> Result<(), Failure> {
+    let state_dir =
+        |explicit: Option<PathBuf>| explicit.unwrap_or_else(|| home.root().join("relay"));
+    let fail = |e: String| Failure {
+        code: 1,
+        message: e,
+    };
+    match args.command {
+        Some(RelayCommand::Token(RelayTokenCommand::Create {
+            domain,
+            name,
+            ttl_days,
+            state,
+        })) => {
+            let dir = state_dir(state);
+            let (token, claims) = tokio::task::spawn_blocking(move || {
+                let authority = airlock_relay::TokenAuthority::open(&dir, &domain)?;
+                let ttl = ttl_days.map(|d| std::time::Duration::from_secs(d * 86_400));
+                let (token, claims) = authority.create(&name, ttl)?;
+                Ok::<_, airlock_relay::TokenError>((
+                    token,
+                    (claims.clone(), authority.tunnel_domain(&claims.tunnel_id)),
+                ))
+            })
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))?;
+            let (claims, tunnel_domain) = claims;
+            print_json(&json!({
+                "token": token,
+                "tunnel_id": claims.tunnel_id,
+                "tunnel_domain": tunnel_domain,
+                "jti": claims.jti,
+                "name": claims.name,
+            }));
+            eprintln!(
+                "Give the token to the agent on stdin (never in argv); it is shown only now."
+            );
+            Ok(())
+        }
+        Some(RelayCommand::Token(RelayTokenCommand::Revoke { jti, domain, state })) => {
+            let dir = state_dir(state);
+            tokio::task::spawn_blocking(move || {
+                airlock_relay::TokenAuthority::open(&dir, &domain)?.revoke(&jti)
+            })
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))?;
+            say!("revoked; distribute the revocation file to every relay node");
+            Ok(())
+        }
+        Some(RelayCommand::Fingerprint { state }) => {
+            let dir = state_dir(state);
+            let identity = tokio::task::spawn_blocking(move || {
+                airlock_relay::tls::load_or_create_server_identity(
+                    &dir,
+                    &["relay.invalid".to_string()],
+                )
+            })
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))?;
+            let spki = identity.spki_sha256().map_err(|e| fail(e.to_string()))?;
+            say!("{}", hex::encode(spki));
+            Ok(())
+        }
+        None => {
+            let Some(domain) = args.domain else {
+                return Err(Failure {
+                    code: 2,
+                    message:
+                        "`airlock relay` needs --domain BASE (tunnels live at <tunnel-id>.BASE)"
+                            .into(),
+                });
+            };
+            init_logging(format);
+            let mut cfg = airlock_relay::RelayConfig::new(state_dir(args.state), &domain);
+            cfg.public_listen = args.public;
+            cfg.tunnel_listen = args.tunnel;
+            cfg.ops_listen = args.ops;
+            let relay = airlock_relay::Relay::bind(cfg)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            tracing::info!(
+                public = %relay.public_addr(),
+                tunnel = %relay.tunnel_addr(),
+                ops = ?relay.ops_addr(),
+                pin = %hex::encode(relay.tunnel_spki_sha256()),
+                "relay node ready"
+            );
+            let shutdown = CancellationToken::new();
+            tokio::spawn(wait_for_signal(shutdown.clone()));
+            relay
+                .run(async move { shutdown.cancelled().await })
+                .await
+                .map_err(|e| fail(e.to_string()))
+        }
+    }
 }
 
 /// Tells a running agent to reload its certificates (best effort: it also checks on its own).
