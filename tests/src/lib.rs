@@ -1033,6 +1033,82 @@ pub fn split_url(url: &str) -> (SocketAddr, String) {
     (addr, path)
 }
 
+// ---------------------------------------------------------------------------------------
+// Raw MCP over HTTP, shared by the raw-session tests and the load generators
+// ---------------------------------------------------------------------------------------
+
+/// The JSON-RPC message answering `id` in a JSON or SSE body.
+pub fn jsonrpc_response_for(body: &str, id: u64) -> Option<Value> {
+    let candidates: Vec<&str> = if body.trim_start().starts_with('{') {
+        vec![body]
+    } else {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim)
+            .collect()
+    };
+    candidates
+        .into_iter()
+        .filter_map(|c| serde_json::from_str::<Value>(c).ok())
+        .find(|v| v["id"] == id)
+}
+
+/// A Streamable HTTP POST carrying `body`: JSON + SSE accepted, the bearer `token`, and the session id and
+/// protocol version of an initialized legacy session when given.
+pub fn mcp_post_request(
+    uri: &str,
+    host: Option<&str>,
+    token: Option<&str>,
+    session: Option<(Option<&str>, &str)>,
+    body: &Value,
+) -> Result<http::Request<http_body_util::Full<bytes::Bytes>>, String> {
+    let mut b = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(uri)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::ACCEPT, "application/json, text/event-stream");
+    if let Some(h) = host {
+        b = b.header(http::header::HOST, h);
+    }
+    if let Some(t) = token {
+        b = b.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    if let Some((id, version)) = session {
+        if let Some(id) = id {
+            b = b.header("mcp-session-id", id);
+        }
+        b = b.header("mcp-protocol-version", version);
+    }
+    b.body(http_body_util::Full::new(bytes::Bytes::from(
+        body.to_string(),
+    )))
+    .map_err(|e| format!("request: {e}"))
+}
+
+/// Status, `mcp-session-id` and the whole body of an MCP response.
+pub async fn read_mcp_response<B>(
+    resp: http::Response<B>,
+) -> Result<(u16, Option<String>, String), String>
+where
+    B: hyper::body::Body,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    let status = resp.status().as_u16();
+    let sid = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok((status, sid, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -400,22 +400,6 @@ fn concurrent_legacy_sessions_with_colliding_ids_get_their_own_results() {
     }
 }
 
-/// The JSON-RPC message answering `id` in a JSON or SSE body.
-fn jsonrpc_response(body: &str, id: u64) -> Option<Value> {
-    let candidates: Vec<&str> = if body.trim_start().starts_with('{') {
-        vec![body]
-    } else {
-        body.lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(str::trim)
-            .collect()
-    };
-    candidates
-        .into_iter()
-        .filter_map(|c| serde_json::from_str::<Value>(c).ok())
-        .find(|v| v["id"] == id)
-}
-
 #[test]
 fn raw_legacy_sessions_sending_the_same_id_at_once_are_kept_apart() {
     let (_agent, _node, exposed) = start_and_expose(&["everything"]);
@@ -479,7 +463,7 @@ fn raw_legacy_sessions_sending_the_same_id_at_once_are_kept_apart() {
                             "params": {"name": "echo", "arguments": {"message": msg}}})
                         .to_string();
                         let r = post(Some(sid), &body);
-                        let got = jsonrpc_response(&r.body, 7);
+                        let got = airlock_e2e::jsonrpc_response_for(&r.body, 7);
                         let text = got
                             .as_ref()
                             .and_then(|v| v["result"]["content"][0]["text"].as_str())

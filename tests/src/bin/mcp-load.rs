@@ -16,8 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -102,56 +101,13 @@ async fn post(
     session: Option<&Session>,
     body: &Value,
 ) -> Result<(u16, Option<String>, String), String> {
-    let mut b = Request::builder()
-        .method(Method::POST)
-        .uri(&a.url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, "application/json, text/event-stream");
-    if let Some(t) = &a.token {
-        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    if let Some(s) = session {
-        if let Some(id) = &s.id {
-            b = b.header("mcp-session-id", id);
-        }
-        b = b.header("mcp-protocol-version", &s.version);
-    }
-    let req = b
-        .body(Full::new(Bytes::from(body.to_string())))
-        .map_err(|e| format!("request: {e}"))?;
+    let session = session.map(|s| (s.id.as_deref(), s.version.as_str()));
+    let req = airlock_e2e::mcp_post_request(&a.url, None, a.token.as_deref(), session, body)?;
     let resp = client
         .request(req)
         .await
         .map_err(|e| format!("send: {e}"))?;
-    let status = resp.status().as_u16();
-    let sid = resp
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?
-        .to_bytes();
-    Ok((status, sid, String::from_utf8_lossy(&bytes).into_owned()))
-}
-
-/// The JSON-RPC message in a JSON or SSE body that answers `id`.
-fn response_for(body: &str, id: u64) -> Option<Value> {
-    let candidates: Vec<&str> = if body.trim_start().starts_with('{') {
-        vec![body]
-    } else {
-        body.lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(str::trim)
-            .collect()
-    };
-    candidates
-        .into_iter()
-        .filter_map(|c| serde_json::from_str::<Value>(c).ok())
-        .find(|v| v["id"] == id)
+    airlock_e2e::read_mcp_response(resp).await
 }
 
 async fn open_session(client: &HttpClient, a: &Args) -> Result<Session, String> {
@@ -159,7 +115,7 @@ async fn open_session(client: &HttpClient, a: &Args) -> Result<Session, String> 
         "protocolVersion": "2025-11-25", "capabilities": {},
         "clientInfo": {"name": "mcp-load", "version": "0"}}});
     let (status, sid, body) = post(client, a, None, &init).await?;
-    let resp = response_for(&body, 0)
+    let resp = airlock_e2e::jsonrpc_response_for(&body, 0)
         .ok_or_else(|| format!("initialize: HTTP {status}, no response in {body:?}"))?;
     let version = resp["result"]["protocolVersion"]
         .as_str()
@@ -217,7 +173,7 @@ async fn worker(
         let res = post(&client, &a, Some(&session), &call).await;
         let took = t0.elapsed();
         let good = match &res {
-            Ok((200, _, body)) => response_for(body, id).is_some_and(|v| {
+            Ok((200, _, body)) => airlock_e2e::jsonrpc_response_for(body, id).is_some_and(|v| {
                 v["result"]["content"][0]["text"].as_str().is_some_and(|t| {
                     if unique {
                         t == expect

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use http::{Request, header};
-use http_body_util::{BodyExt, Full};
+use http::Request;
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -310,61 +310,23 @@ async fn post(
 ) -> Result<(u16, Option<String>, String), String> {
     let fut = async {
         send.ready().await.map_err(|e| format!("connection: {e}"))?;
-        let mut b = Request::builder()
-            .method("POST")
-            .uri(&a.path)
-            .header(header::HOST, &a.host)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream");
-        if let Some(t) = &a.token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        if let Some(s) = session {
-            if let Some(id) = &s.id {
-                b = b.header("mcp-session-id", id);
-            }
-            b = b.header("mcp-protocol-version", &s.version);
-        }
-        let req = b
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| format!("request: {e}"))?;
+        let session = session.map(|s| (s.id.as_deref(), s.version.as_str()));
+        let req = airlock_e2e::mcp_post_request(
+            &a.path,
+            Some(&a.host),
+            a.token.as_deref(),
+            session,
+            body,
+        )?;
         let resp = send
             .send_request(req)
             .await
             .map_err(|e| format!("send: {e}"))?;
-        let status = resp.status().as_u16();
-        let sid = resp
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok((status, sid, String::from_utf8_lossy(&bytes).into_owned()))
+        airlock_e2e::read_mcp_response(resp).await
     };
     tokio::time::timeout(STEP_TIMEOUT, fut)
         .await
         .map_err(|_| format!("no response within {STEP_TIMEOUT:?}"))?
-}
-
-/// The JSON-RPC message in a JSON or SSE body that answers `id`.
-fn response_for(body: &str, id: u64) -> Option<Value> {
-    let candidates: Vec<&str> = if body.trim_start().starts_with('{') {
-        vec![body]
-    } else {
-        body.lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(str::trim)
-            .collect()
-    };
-    candidates
-        .into_iter()
-        .filter_map(|c| serde_json::from_str::<Value>(c).ok())
-        .find(|v| v["id"] == id)
 }
 
 async fn open_session(send: &mut Sender, a: &Args) -> Result<Session, String> {
@@ -372,7 +334,7 @@ async fn open_session(send: &mut Sender, a: &Args) -> Result<Session, String> {
         "protocolVersion": "2025-11-25", "capabilities": {},
         "clientInfo": {"name": "tunnel-load", "version": "0"}}});
     let (status, sid, body) = post(send, a, None, &init).await?;
-    let resp = response_for(&body, 0)
+    let resp = airlock_e2e::jsonrpc_response_for(&body, 0)
         .ok_or_else(|| format!("initialize: HTTP {status}, no response in {body:?}"))?;
     let version = resp["result"]["protocolVersion"]
         .as_str()
@@ -432,7 +394,7 @@ async fn worker(
         let res = post(&mut send, &a, Some(&session), &call).await;
         let took = t0.elapsed();
         let good = match &res {
-            Ok((200, _, body)) => response_for(body, id).is_some_and(|v| {
+            Ok((200, _, body)) => airlock_e2e::jsonrpc_response_for(body, id).is_some_and(|v| {
                 v["result"]["content"][0]["text"]
                     .as_str()
                     .is_some_and(|t| t.contains(&a.expect))
