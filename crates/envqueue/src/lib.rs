@@ -1,1 +1,30 @@
-//! Reference environments work queue and sessions events API (SQLite), served by airlock relay --api.
+//! Reference environments work queue and sessions events API (SQLite), served by `airlock relay --api`.
+//!
+//! It speaks the self-hosted environment protocol of Claude Managed Agents (the work queue under
+//! `/v1/environments/{id}/work/*` and the sessions events API under `/v1/sessions/*`) with the same
+//! paths, JSON shapes, states and lease rules, so the official SDK workers and Airlock's own worker
+//! run against it unchanged. Here the caller plays the brain: the orchestrating side (authenticated
+//! with `x-api-key`) creates sessions, posts `agent.tool_use` / `session.status_idle` events to
+//! `POST /v1/sessions/{id}/events` — the one extension to the documented API — and reads the
+//! `user.tool_result` events the worker posts back, from the events list or the SSE stream.
+//!
+//! Work item states: `queued` → (`ack`) `starting` → (first heartbeat) `active` → (`stop`)
+//! `stopping` → `stopped`. A polled item that is not acked within `reclaim_older_than_ms` is
+//! delivered again; an acked item whose lease (`ttl_seconds` after the last heartbeat, or after
+//! the ack) lapses goes back to `queued`. Heartbeats carry `expected_last_heartbeat`
+//! (`NO_HEARTBEAT` first, then the server's previous `last_heartbeat` exactly); a mismatch answers
+//! `412` with the server's view in `error.details.current_state`.
+//!
+//! Credentials: [`Store::create_environment`] mints an environment key (workers send it as
+//! `Authorization: Bearer`) and an API key for the orchestrating side (`x-api-key`). Each poll
+//! delivery carries a `secret` (URL-safe base64 JSON `{"sessions_token": …}`) whose token is
+//! accepted for that item's ack / heartbeat / stop and its session's calls. Only SHA-256 hashes of
+//! keys and tokens are stored.
+//!
+//! All SQLite work runs on blocking threads; long-poll waiters and SSE subscribers are bounded.
+
+mod api;
+mod store;
+
+pub use api::router;
+pub use store::{EnvironmentCredentials, Error, Store, StoreOptions};

@@ -1,0 +1,423 @@
+//! HTTP client of the work queue and sessions API: headers, `?beta=true`, error classification, SSE.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use serde_json::Value;
+
+/// `anthropic-version` sent on every call.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+/// `anthropic-beta` sent on every call.
+pub const MANAGED_AGENTS_BETA: &str = "managed-agents-2026-04-01";
+
+/// A failed API call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// The server answered with an error status. `message` is the error body's message (never a credential).
+    #[error("HTTP {status}: {message}")]
+    Status {
+        status: u16,
+        message: String,
+        body: Value,
+    },
+    /// Connection, timeout or protocol failure.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The answer was not the JSON expected.
+    #[error("unexpected response: {0}")]
+    Decode(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// A 4xx that retrying will not fix (408, 409 and 429 are retried, as the SDKs do).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self.status(), Some(s) if (400..500).contains(&s) && !matches!(s, 408 | 409 | 429))
+    }
+}
+
+/// Thin client: one base URL, one HTTP connection pool; the credential is passed per call.
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    stream_http: reqwest::Client,
+    base: String,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+/// One server-sent event of the session stream.
+#[derive(Debug)]
+pub enum StreamItem {
+    Event(Value),
+}
+
+impl ApiClient {
+    pub fn new(base_url: &str, request_timeout: Duration) -> Result<Self, ApiError> {
+        // reqwest is built without a bundled crypto provider; ring is this workspace's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let base = base_url.trim_end_matches('/').to_string();
+        let url = reqwest::Url::parse(&base)
+            .map_err(|e| ApiError::Transport(format!("base URL {base}: {e}")))?;
+        if url.scheme() != "https" && url.scheme() != "http" {
+            return Err(ApiError::Transport(format!(
+                "base URL {base}: scheme must be https or http"
+            )));
+        }
+        let build = |timeout: Option<Duration>| {
+            let mut b = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .user_agent(concat!("airlock-worker/", env!("CARGO_PKG_VERSION")));
+            if let Some(t) = timeout {
+                b = b.timeout(t);
+            }
+            b.build()
+                .map_err(|e| ApiError::Transport(format!("HTTP client: {e}")))
+        };
+        Ok(Self {
+            http: build(Some(request_timeout))?,
+            stream_http: build(None)?,
+            base,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}?beta=true", self.base)
+    }
+
+    fn req(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        client
+            .request(method, self.url(path))
+            .bearer_auth(token)
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .header("anthropic-beta", MANAGED_AGENTS_BETA)
+    }
+
+    async fn send_json(&self, rb: reqwest::RequestBuilder) -> Result<Value, ApiError> {
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        if !(200..300).contains(&status) {
+            return Err(status_error(status, &bytes));
+        }
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::Decode(format!("invalid JSON (HTTP {status}): {e}")))
+    }
+
+    /// `GET /v1/environments/{env}/work/poll`: one work item or `None`.
+    pub async fn poll(
+        &self,
+        env: &str,
+        key: &str,
+        worker_id: &str,
+        block_ms: Option<u64>,
+        reclaim_older_than_ms: Option<u64>,
+    ) -> Result<Option<Value>, ApiError> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if let Some(b) = block_ms {
+            q.push(("block_ms", b.to_string()));
+        }
+        if let Some(r) = reclaim_older_than_ms {
+            q.push(("reclaim_older_than_ms", r.to_string()));
+        }
+        let rb = self
+            .req(
+                &self.http,
+                reqwest::Method::GET,
+                &format!("/v1/environments/{env}/work/poll"),
+                key,
+            )
+            .header("Anthropic-Worker-ID", worker_id)
+            .query(&q);
+        let v = self.send_json(rb).await?;
+        Ok(if v.is_null() { None } else { Some(v) })
+    }
+
+    pub async fn ack(&self, env: &str, work_id: &str, token: &str) -> Result<Value, ApiError> {
+        let rb = self.req(
+            &self.http,
+            reqwest::Method::POST,
+            &format!("/v1/environments/{env}/work/{work_id}/ack"),
+            token,
+        );
+        self.send_json(rb).await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        env: &str,
+        work_id: &str,
+        token: &str,
+        expected_last_heartbeat: &str,
+        timeout: Duration,
+    ) -> Result<Value, ApiError> {
+        let rb = self
+            .req(
+                &self.http,
+                reqwest::Method::POST,
+                &format!("/v1/environments/{env}/work/{work_id}/heartbeat"),
+                token,
+            )
+            .query(&[("expected_last_heartbeat", expected_last_heartbeat)])
+            .timeout(timeout);
+        self.send_json(rb).await
+    }
+
+    pub async fn stop(
+        &self,
+        env: &str,
+        work_id: &str,
+        token: &str,
+        force: bool,
+    ) -> Result<Value, ApiError> {
+        let rb = self
+            .req(
+                &self.http,
+                reqwest::Method::POST,
+                &format!("/v1/environments/{env}/work/{work_id}/stop"),
+                token,
+            )
+            .json(&serde_json::json!({ "force": force }));
+        self.send_json(rb).await
+    }
+
+    pub async fn get_session(&self, session_id: &str, token: &str) -> Result<Value, ApiError> {
+        let rb = self.req(
+            &self.http,
+            reqwest::Method::GET,
+            &format!("/v1/sessions/{session_id}"),
+            token,
+        );
+        self.send_json(rb).await
+    }
+
+    /// The whole event history, oldest first (follows `next_page`).
+    pub async fn list_events(&self, session_id: &str, token: &str) -> Result<Vec<Value>, ApiError> {
+        let mut out = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let mut q: Vec<(&str, String)> = vec![("limit", "1000".into())];
+            if let Some(p) = &page {
+                q.push(("page", p.clone()));
+            }
+            let rb = self
+                .req(
+                    &self.http,
+                    reqwest::Method::GET,
+                    &format!("/v1/sessions/{session_id}/events"),
+                    token,
+                )
+                .query(&q);
+            let v = self.send_json(rb).await?;
+            let Some(data) = v.get("data").and_then(Value::as_array) else {
+                return Err(ApiError::Decode("events list without `data`".into()));
+            };
+            out.extend(data.iter().cloned());
+            match v.get("next_page").and_then(Value::as_str) {
+                Some(p) if !p.is_empty() && !data.is_empty() => page = Some(p.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    pub async fn send_events(
+        &self,
+        session_id: &str,
+        token: &str,
+        events: &[Value],
+    ) -> Result<Value, ApiError> {
+        let rb = self
+            .req(
+                &self.http,
+                reqwest::Method::POST,
+                &format!("/v1/sessions/{session_id}/events"),
+                token,
+            )
+            .json(&serde_json::json!({ "events": events }));
+        self.send_json(rb).await
+    }
+
+    /// Opens `GET /v1/sessions/{id}/events/stream` and returns a stream of parsed events.
+    pub async fn stream_events(
+        &self,
+        session_id: &str,
+        token: &str,
+    ) -> Result<futures::stream::BoxStream<'static, Result<StreamItem, ApiError>>, ApiError> {
+        let resp = self
+            .req(
+                &self.stream_http,
+                reqwest::Method::GET,
+                &format!("/v1/sessions/{session_id}/events/stream"),
+                token,
+            )
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            return Err(status_error(status, &bytes));
+        }
+        let mut decoder = SseDecoder::default();
+        let body = resp.bytes_stream();
+        let s = body
+            .map(move |chunk| match chunk {
+                Ok(b) => decoder.feed(&b),
+                Err(e) => vec![Err(ApiError::Transport(e.to_string()))],
+            })
+            .flat_map(futures::stream::iter);
+        Ok(s.boxed())
+    }
+}
+
+fn status_error(status: u16, bytes: &[u8]) -> ApiError {
+    let body: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let message = body
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned());
+    ApiError::Status {
+        status,
+        message,
+        body,
+    }
+}
+
+/// Incremental text/event-stream decoder (the WHATWG rules the SDKs follow).
+#[derive(Default)]
+struct SseDecoder {
+    buf: Vec<u8>,
+    event: Option<String>,
+    data: Vec<String>,
+}
+
+/// Upper bound of one SSE line; a longer line ends the stream as an error.
+const MAX_SSE_LINE: usize = 16 * 1024 * 1024;
+
+impl SseDecoder {
+    fn feed(&mut self, chunk: &[u8]) -> Vec<Result<StreamItem, ApiError>> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+            let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let line = String::from_utf8_lossy(&line).into_owned();
+            if let Some(item) = self.line(&line) {
+                out.push(item);
+            }
+        }
+        if self.buf.len() > MAX_SSE_LINE {
+            self.buf.clear();
+            out.push(Err(ApiError::Decode("event stream line too long".into())));
+        }
+        out
+    }
+
+    fn line(&mut self, line: &str) -> Option<Result<StreamItem, ApiError>> {
+        if line.is_empty() {
+            let event = self.event.take();
+            let data = std::mem::take(&mut self.data).join("\n");
+            if data.is_empty() || event.as_deref() == Some("ping") {
+                return None;
+            }
+            let parsed: Result<Value, _> = serde_json::from_str(&data);
+            if event.as_deref() == Some("error") {
+                let message = parsed
+                    .as_ref()
+                    .ok()
+                    .and_then(|v| v.pointer("/error/message").and_then(Value::as_str))
+                    .unwrap_or("error event")
+                    .to_string();
+                return Some(Err(ApiError::Status {
+                    status: 500,
+                    message,
+                    body: parsed.unwrap_or(Value::Null),
+                }));
+            }
+            return Some(
+                parsed
+                    .map(StreamItem::Event)
+                    .map_err(|e| ApiError::Decode(format!("event data is not JSON: {e}"))),
+            );
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => self.event = Some(value.to_string()),
+            "data" => self.data.push(value.to_string()),
+            _ => {}
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_decoder_splits_events_and_skips_pings() {
+        let mut d = SseDecoder::default();
+        let mut got = d.feed(b"event: ping\ndata: {}\n\nevent: agent.tool_use\r\ndata: {\"type\":");
+        assert!(got.is_empty());
+        got = d.feed(b"\"agent.tool_use\",\"id\":\"x\"}\r\n\r\n: comment\n\ndata: [1]\n\n");
+        assert_eq!(got.len(), 2);
+        match &got[0] {
+            Ok(StreamItem::Event(v)) => assert_eq!(v["id"], "x"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fatal_classification_matches_the_sdks() {
+        let e = |s| ApiError::Status {
+            status: s,
+            message: String::new(),
+            body: Value::Null,
+        };
+        assert!(e(401).is_fatal());
+        assert!(e(412).is_fatal());
+        assert!(!e(409).is_fatal());
+        assert!(!e(429).is_fatal());
+        assert!(!e(408).is_fatal());
+        assert!(!e(503).is_fatal());
+        assert!(!ApiError::Transport("x".into()).is_fatal());
+    }
+}
