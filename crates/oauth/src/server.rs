@@ -306,7 +306,10 @@ impl AuthServer {
             let p = st
                 .pending
                 .get_mut(id)
-                .filter(|p| p.approval.expires_ms > now || p.outcome.is_some())
+                .filter(|p| {
+                    p.approval.state != "expired"
+                        && (p.approval.expires_ms > now || p.outcome.is_some())
+                })
                 .ok_or_else(|| Error::UnknownApproval(id.to_owned()))?;
             if p.outcome.is_some() {
                 return Err(Error::AlreadyDecided(id.to_owned()));
