@@ -32,6 +32,9 @@
 //!
 //! Callers without a browser get a token from [`AuthServer::mint_token`] (printed once, listed among clients).
 //!
+//! [`control_router`] exposes approvals, clients, revocation, minting, the audit log and events as JSON routes for
+//! the agent's control API.
+//!
 //! # Storage and threads
 //! One SQLite database (clients, grants, tokens, audit). Every statement runs on one dedicated thread fed by a
 //! bounded channel; async callers await the answer. Pending approvals and authorization codes live only in memory:
@@ -42,6 +45,7 @@
 mod audit;
 mod cimd;
 mod clients;
+mod control;
 mod db;
 mod endpoints;
 mod html;
@@ -54,5 +58,6 @@ mod types;
 pub use audit::{AuditEntry, AuditKind, AuditQuery};
 pub use cimd::{CimdFetcher, CimdPolicy};
 pub use clients::{ClientKind, ClientRecord};
+pub use control::{DEFAULT_MINT_TTL, control_router};
 pub use server::{AuthServer, Options};
 pub use types::*;

@@ -856,6 +856,9 @@ impl AuthServer {
                 self.inner.cfg.grant_ttl.as_secs() / 86400
             )));
         }
+        if self.inner.resources.server_name(server_id).is_none() {
+            return Err(Error::UnknownServer(server_id.to_owned()));
+        }
         let now = self.now();
         let label = clients::clean_name(Some(label), "minted token");
         let client = ClientRecord {

@@ -195,7 +195,8 @@ pub struct ResolvedResource {
 pub trait ResourceResolver: Send + Sync + 'static {
     /// The server a `resource` parameter names, or `None` if it names none.
     fn resolve(&self, resource: &str) -> Option<ResolvedResource>;
-    /// A display name for the server (shown on the approval page); the id is shown too.
+    /// A display name for the server (shown on the approval page), `None` if no such server exists (minting a
+    /// token for it is refused).
     fn server_name(&self, server_id: &str) -> Option<String> {
         let _ = server_id;
         None

@@ -1196,3 +1196,136 @@ async fn minted_tokens_are_listed_and_revocable_and_survive_a_restart() {
         Err(Error::UnknownId(_))
     ));
 }
+
+#[tokio::test]
+async fn control_routes_list_decide_mint_revoke_and_query_the_audit_log() {
+    let h = Harness::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let app: axum::Router = control_router(h.server.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let client_id = register(&h, "a", "Controlled", CB).await;
+    let (verifier, challenge) = pkce();
+    let q = authorize_query(&[
+        ("response_type", "code"),
+        ("client_id", &client_id),
+        ("redirect_uri", CB),
+        ("code_challenge", &challenge),
+        ("code_challenge_method", "S256"),
+        ("resource", &h.resource("a")),
+    ]);
+    let mut browser = Browser::default();
+    let page = browser.get(&format!("{}?{q}", h.authorize_url())).await;
+    let list = get(&format!("{api}/v1/approvals")).await.json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["client_name"], "Controlled");
+    assert_eq!(list[0]["redirect_host"], "127.0.0.1:40111");
+    assert_eq!(list[0]["server_id"], "srv_a");
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    let r = post_json(
+        &format!("{api}/v1/approvals/{id}/approve"),
+        &serde_json::json!({"tools": ["echo"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = request(
+        Method::POST,
+        &format!("{api}/v1/approvals/{id}/deny"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "decided once");
+    let r = request(
+        Method::POST,
+        &format!("{api}/v1/approvals/nope/deny"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let done = browser
+        .get(&format!(
+            "{}/_airlock/oauth/status/{}",
+            h.base,
+            form_of(&page.body).ticket
+        ))
+        .await;
+    let a = Authorized {
+        code: query_of(&done.location())["code"].clone(),
+        verifier,
+        location: done.location(),
+    };
+    let t = exchange(&h, "a", &client_id, &a, CB, &h.resource("a"))
+        .await
+        .json();
+    let access = t["access_token"].as_str().unwrap();
+    assert_eq!(
+        h.server.verify("srv_a", access).unwrap().tools,
+        Some(vec!["echo".to_owned()])
+    );
+
+    let minted = post_json(&format!("{api}/v1/tokens"), &serde_json::json!({"server_id": "srv_b", "scope": "mcp:read", "ttl_secs": 3600, "label": "ci"})).await;
+    assert_eq!(minted.status, StatusCode::OK, "{}", minted.body);
+    let minted = minted.json();
+    let token = minted["token"].as_str().unwrap();
+    assert!(h.server.verify("srv_b", token).is_ok());
+    let r = post_json(
+        &format!("{api}/v1/tokens"),
+        &serde_json::json!({"server_id": "srv_zzz"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = post_json(
+        &format!("{api}/v1/tokens"),
+        &serde_json::json!({"server_id": "srv_b", "scope": "admin"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    let clients = get(&format!("{api}/v1/clients")).await.json();
+    let ids: Vec<&str> = clients
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&client_id.as_str()) && ids.contains(&minted["client_id"].as_str().unwrap())
+    );
+    assert!(
+        !get(&format!("{api}/v1/clients")).await.body.contains(token),
+        "listing never shows tokens"
+    );
+
+    let r = post_json(
+        &format!("{api}/v1/revoke"),
+        &serde_json::json!({"id": client_id}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["grants"].as_array().unwrap().len(), 1);
+    assert_eq!(h.server.verify("srv_a", access), Err(Rejection::Revoked));
+    let r = post_json(
+        &format!("{api}/v1/revoke"),
+        &serde_json::json!({"id": "gr_unknown"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    let log = get(&format!("{api}/v1/audit?kind=token_minted"))
+        .await
+        .json();
+    assert_eq!(log.as_array().unwrap().len(), 1);
+    assert_eq!(log[0]["server_id"], "srv_b");
+    let log = get(&format!("{api}/v1/audit?server=srv_a&limit=2"))
+        .await
+        .json();
+    assert_eq!(log.as_array().unwrap().len(), 2);
+    assert_eq!(log[0]["kind"], "revoked", "newest first");
+    assert_eq!(
+        get(&format!("{api}/v1/audit?kind=bogus")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+}

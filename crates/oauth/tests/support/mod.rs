@@ -37,10 +37,12 @@ impl ResourceResolver for TestResources {
         })
     }
     fn server_name(&self, server_id: &str) -> Option<String> {
-        Some(format!(
-            "Server {}",
-            server_id.trim_start_matches("srv_").to_uppercase()
-        ))
+        matches!(server_id, "srv_a" | "srv_b").then(|| {
+            format!(
+                "Server {}",
+                server_id.trim_start_matches("srv_").to_uppercase()
+            )
+        })
     }
 }
 
