@@ -380,7 +380,19 @@ impl AuthServer {
         let expired = p.outcome.is_none() && p.approval.expires_ms <= now;
         match (&p.outcome, expired) {
             (None, false) => return render_pending(p, narrow),
-            (Some(Outcome::Approved { code }), _) => params.push(("code", code)),
+            (Some(Outcome::Approved { code }), _) => {
+                // Once redeemed (or expired) the code is not handed out again: a second delivery would look like a
+                // replay and end the grant.
+                if !st.codes.contains_key(&tokens::hash(code)) {
+                    return page(
+                        StatusCode::OK,
+                        "Airlock: done",
+                        "<h1>Access approved</h1><p>The application has what it needs. You can close this tab.</p>",
+                        None,
+                    );
+                }
+                params.push(("code", code))
+            }
             (Some(Outcome::Denied), _) | (None, true) => {
                 params.push(("error", "access_denied"));
                 params.push((

@@ -400,6 +400,13 @@ async fn approval_in_the_page_needs_csrf_and_can_narrow_tools() {
     let tok = exchange(&h, "a", &client_id, &a, CB, &h.resource("a")).await;
     assert_eq!(tok.status, StatusCode::OK, "{}", tok.body);
     assert_eq!(tok.json()["scope"], "mcp:call");
+    // After the code is redeemed, the status URL (browser back, reload) no longer hands it out.
+    let again = browser
+        .get(&format!("{}/_airlock/oauth/status/{}", h.base, form.ticket))
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert!(again.header("location").is_none());
+    assert!(again.body.contains("You can close this tab"));
     let access = h
         .server
         .verify("srv_a", tok.json()["access_token"].as_str().unwrap())
