@@ -27,15 +27,16 @@ struct Shell {
     stderr: Arc<Mutex<String>>,
 }
 
-fn ansi() -> &'static regex::Regex {
-    static RE: OnceLock<regex::Regex> = OnceLock::new();
+fn ansi() -> Option<&'static regex::Regex> {
+    static RE: OnceLock<Option<regex::Regex>> = OnceLock::new();
     RE.get_or_init(|| {
         // CSI sequences, OSC sequences (BEL or ST terminated), and lone two-byte escapes.
         regex::Regex::new(
             r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]",
         )
-        .unwrap_or_else(|_| regex::Regex::new("$^").unwrap_or_else(|_| unreachable!()))
+        .ok()
     })
+    .as_ref()
 }
 
 async fn spawn(inner: &Inner) -> Result<Shell, String> {
@@ -111,7 +112,7 @@ pub(crate) async fn kill(inner: &Inner, state: &mut BashState) {
 
 fn format_secs(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{}s", d.as_secs_f64())
@@ -199,7 +200,10 @@ fn finish_text(raw: &[u8], cap: usize, mut truncated: bool) -> String {
         truncated = true;
     }
     let text = String::from_utf8_lossy(bytes);
-    let text = ansi().replace_all(&text, "");
+    let text = match ansi() {
+        Some(re) => re.replace_all(&text, ""),
+        None => text,
+    };
     let text = text.strip_suffix('\n').unwrap_or(&text);
     if truncated {
         format!("[output truncated]\n{text}")

@@ -334,3 +334,14 @@ impl SessionCgroup {
         }
     }
 }
+
+impl Drop for SessionCgroup {
+    fn drop(&mut self) {
+        // A sandbox dropped without `close()` (a panic, a cancelled task) still leaves nothing
+        // behind: kill what is left and remove the groups.
+        if self.dirs.iter().any(|d| d.exists()) {
+            self.kill_all();
+            self.remove();
+        }
+    }
+}

@@ -204,6 +204,12 @@ fn restrict(rw: &[PathBuf], ro: &[PathBuf]) -> Result<(), String> {
     ] {
         for p in paths {
             let fd = PathFd::new(p).map_err(|e| format!("Landlock: {}: {e}", p.display()))?;
+            // Rules on a file may only carry file rights.
+            let access = if p.is_dir() {
+                access
+            } else {
+                access & AccessFs::from_file(abi)
+            };
             created = created
                 .add_rule(PathBeneath::new(fd, access))
                 .map_err(|e| format!("Landlock: {}: {e}", p.display()))?;

@@ -135,7 +135,17 @@ pub fn probe_isolation() -> IsolationReport {
     probe_with(None)
 }
 
-fn probe_with(cgroup_parent: Option<&Path>) -> IsolationReport {
+type MechanismProbe = (Option<PathBuf>, bool, Option<String>, bool, Option<String>);
+
+/// The mechanism part of the probe, cached once it succeeded (a trial sandbox costs ~10 ms; a
+/// failed probe is retried on the next call, since the user may install bubblewrap meanwhile).
+fn probe_mechanisms() -> MechanismProbe {
+    static DONE: std::sync::Mutex<Option<MechanismProbe>> = std::sync::Mutex::new(None);
+    if let Ok(guard) = DONE.lock()
+        && let Some(r) = guard.as_ref()
+    {
+        return r.clone();
+    }
     let platform = std::env::consts::OS;
     let bubblewrap = if platform == "linux" {
         find_bwrap()
@@ -156,6 +166,25 @@ fn probe_with(cgroup_parent: Option<&Path>) -> IsolationReport {
         Ok(()) => (true, None),
         Err(e) => (false, Some(e)),
     };
+    let r = (
+        bubblewrap,
+        bubblewrap_works,
+        bubblewrap_problem,
+        landlock,
+        landlock_problem,
+    );
+    if r.1
+        && let Ok(mut guard) = DONE.lock()
+    {
+        *guard = Some(r.clone());
+    }
+    r
+}
+
+fn probe_with(cgroup_parent: Option<&Path>) -> IsolationReport {
+    let platform = std::env::consts::OS;
+    let (bubblewrap, bubblewrap_works, bubblewrap_problem, landlock, landlock_problem) =
+        probe_mechanisms();
     let seccomp = platform == "linux" && probe_seccomp();
     let best = if bubblewrap_works {
         Some(Mechanism::Bubblewrap)
@@ -496,6 +525,12 @@ impl LaunchPlan {
                 if let Some(t) = &self.private_tmp {
                     rw.push(t.clone());
                 }
+                rw.extend(
+                    ["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"]
+                        .iter()
+                        .map(PathBuf::from)
+                        .filter(|p| p.exists()),
+                );
                 for p in rw {
                     a.push(os("--rw"));
                     a.push(p.into());

@@ -402,11 +402,28 @@ impl Sandbox {
             allowed_domains: cfg.network.allowed_domains.clone(),
             protected_at_open,
         });
-        Ok(Self {
+        let sandbox = Self {
             inner,
             bash: tokio::sync::Mutex::new(bash::BashState::default()),
             _proxy: proxy,
-        })
+        };
+        // Start the shell now (the first tool call does not pay for it) and prove the sandbox
+        // really runs commands.
+        let probe = sandbox
+            .run_tool(
+                "bash",
+                serde_json::json!({"command": "true", "timeout_ms": 30_000}),
+                CancellationToken::new(),
+            )
+            .await;
+        if probe.is_error {
+            let msg = probe.text_content();
+            sandbox.close().await;
+            return Err(SandboxError::Config(format!(
+                "the sandboxed shell did not start: {msg}"
+            )));
+        }
+        Ok(sandbox)
     }
 
     /// Run one tool call. Never fails: problems are `is_error: true` results. `cancel` kills
