@@ -1333,10 +1333,8 @@ fn validate_event(c: &Connection, sid: &str, i: usize, ev: Value) -> Result<Valu
                 return Err(Error::Invalid(format!("events[{i}].result: allow or deny")));
             }
         }
-        "session.status_idle" => {
-            if !m.get("stop_reason").is_some_and(Value::is_object) {
-                m.insert("stop_reason".into(), json!({"type": "end_turn"}));
-            }
+        "session.status_idle" if !m.get("stop_reason").is_some_and(Value::is_object) => {
+            m.insert("stop_reason".into(), json!({"type": "end_turn"}));
         }
         _ => {}
     }

@@ -42,12 +42,15 @@ impl ApiError {
     }
 }
 
+type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+type Body = http_body_util::Full<bytes::Bytes>;
+
 /// Thin client: one base URL, one HTTP connection pool; the credential is passed per call.
 #[derive(Clone)]
 pub struct ApiClient {
-    http: reqwest::Client,
-    stream_http: reqwest::Client,
+    http: hyper_util::client::legacy::Client<Connector, Body>,
     base: String,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -64,71 +67,124 @@ pub enum StreamItem {
     Event(Value),
 }
 
+type Query<'a> = &'a [(&'a str, String)];
+
 impl ApiClient {
+    /// `base_url`: `https://…` (system roots, else Mozilla's) or `http://…` (loopback tests).
     pub fn new(base_url: &str, request_timeout: Duration) -> Result<Self, ApiError> {
-        // reqwest is built without a bundled crypto provider; ring is this workspace's.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let base = base_url.trim_end_matches('/').to_string();
-        let url = reqwest::Url::parse(&base)
+        let uri: http::Uri = base
+            .parse()
             .map_err(|e| ApiError::Transport(format!("base URL {base}: {e}")))?;
-        if url.scheme() != "https" && url.scheme() != "http" {
+        if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.host().is_none() {
             return Err(ApiError::Transport(format!(
-                "base URL {base}: scheme must be https or http"
+                "base URL {base}: must be https://host[:port] (or http:// for a local queue)"
             )));
         }
-        let build = |timeout: Option<Duration>| {
-            let mut b = reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .user_agent(concat!("airlock-worker/", env!("CARGO_PKG_VERSION")));
-            if let Some(t) = timeout {
-                b = b.timeout(t);
-            }
-            b.build()
-                .map_err(|e| ApiError::Transport(format!("HTTP client: {e}")))
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = match hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider.clone())
+        {
+            Ok(b) => b,
+            Err(_) => hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_webpki_roots(provider)
+                .map_err(|e| ApiError::Transport(format!("TLS setup: {e}")))?,
         };
+        let connector = builder.https_or_http().enable_all_versions().build();
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector);
         Ok(Self {
-            http: build(Some(request_timeout))?,
-            stream_http: build(None)?,
+            http,
             base,
+            timeout: request_timeout,
         })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}?beta=true", self.base)
+    fn url(&self, path: &str, query: Query<'_>) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("beta", "true");
+        for (k, v) in query {
+            q.append_pair(k, v);
+        }
+        format!("{}{path}?{}", self.base, q.finish())
     }
 
-    fn req(
+    async fn send(
         &self,
-        client: &reqwest::Client,
-        method: reqwest::Method,
+        method: http::Method,
         path: &str,
         token: &str,
-    ) -> reqwest::RequestBuilder {
-        client
-            .request(method, self.url(path))
-            .bearer_auth(token)
+        query: Query<'_>,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
+        let mut rb = http::Request::builder()
+            .method(method)
+            .uri(self.url(path, query))
+            .header("authorization", format!("Bearer {token}"))
             .header("anthropic-version", ANTHROPIC_VERSION)
             .header("anthropic-beta", MANAGED_AGENTS_BETA)
+            .header(
+                "user-agent",
+                concat!("airlock-worker/", env!("CARGO_PKG_VERSION")),
+            );
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        let payload = match body {
+            Some(v) => {
+                rb = rb.header("content-type", "application/json");
+                bytes::Bytes::from(v.to_string())
+            }
+            None => bytes::Bytes::new(),
+        };
+        let req = rb
+            .body(http_body_util::Full::new(payload))
+            .map_err(|e| ApiError::Transport(format!("request: {e}")))?;
+        self.http
+            .request(req)
+            .await
+            .map_err(|e| ApiError::Transport(format!("{e}")))
     }
 
-    async fn send_json(&self, rb: reqwest::RequestBuilder) -> Result<Value, ApiError> {
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| ApiError::Transport(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Transport(e.to_string()))?;
-        if !(200..300).contains(&status) {
-            return Err(status_error(status, &bytes));
-        }
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::Decode(format!("invalid JSON (HTTP {status}): {e}")))
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: &str,
+        query: Query<'_>,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<Value, ApiError> {
+        use http_body_util::BodyExt as _;
+        let fut = async {
+            let resp = self.send(method, path, token, query, headers, body).await?;
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ApiError::Transport(format!("reading the response: {e}")))?
+                .to_bytes();
+            if !(200..300).contains(&status) {
+                return Err(status_error(status, &bytes));
+            }
+            if bytes.is_empty() {
+                return Ok(Value::Null);
+            }
+            serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::Decode(format!("invalid JSON (HTTP {status}): {e}")))
+        };
+        let limit = timeout.unwrap_or(self.timeout);
+        tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+            Err(ApiError::Transport(format!(
+                "request timed out after {limit:?}"
+            )))
+        })
     }
 
     /// `GET /v1/environments/{env}/work/poll`: one work item or `None`.
@@ -147,27 +203,24 @@ impl ApiClient {
         if let Some(r) = reclaim_older_than_ms {
             q.push(("reclaim_older_than_ms", r.to_string()));
         }
-        let rb = self
-            .req(
-                &self.http,
-                reqwest::Method::GET,
+        let v = self
+            .call(
+                http::Method::GET,
                 &format!("/v1/environments/{env}/work/poll"),
                 key,
+                &q,
+                &[("anthropic-worker-id", worker_id)],
+                None,
+                None,
             )
-            .header("Anthropic-Worker-ID", worker_id)
-            .query(&q);
-        let v = self.send_json(rb).await?;
+            .await?;
         Ok(if v.is_null() { None } else { Some(v) })
     }
 
     pub async fn ack(&self, env: &str, work_id: &str, token: &str) -> Result<Value, ApiError> {
-        let rb = self.req(
-            &self.http,
-            reqwest::Method::POST,
-            &format!("/v1/environments/{env}/work/{work_id}/ack"),
-            token,
-        );
-        self.send_json(rb).await
+        let path = format!("/v1/environments/{env}/work/{work_id}/ack");
+        self.call(http::Method::POST, &path, token, &[], &[], None, None)
+            .await
     }
 
     pub async fn heartbeat(
@@ -178,16 +231,21 @@ impl ApiClient {
         expected_last_heartbeat: &str,
         timeout: Duration,
     ) -> Result<Value, ApiError> {
-        let rb = self
-            .req(
-                &self.http,
-                reqwest::Method::POST,
-                &format!("/v1/environments/{env}/work/{work_id}/heartbeat"),
-                token,
-            )
-            .query(&[("expected_last_heartbeat", expected_last_heartbeat)])
-            .timeout(timeout);
-        self.send_json(rb).await
+        let path = format!("/v1/environments/{env}/work/{work_id}/heartbeat");
+        let q = [(
+            "expected_last_heartbeat",
+            expected_last_heartbeat.to_string(),
+        )];
+        self.call(
+            http::Method::POST,
+            &path,
+            token,
+            &q,
+            &[],
+            None,
+            Some(timeout),
+        )
+        .await
     }
 
     pub async fn stop(
@@ -197,29 +255,29 @@ impl ApiClient {
         token: &str,
         force: bool,
     ) -> Result<Value, ApiError> {
-        let rb = self
-            .req(
-                &self.http,
-                reqwest::Method::POST,
-                &format!("/v1/environments/{env}/work/{work_id}/stop"),
-                token,
-            )
-            .json(&serde_json::json!({ "force": force }));
-        self.send_json(rb).await
+        let path = format!("/v1/environments/{env}/work/{work_id}/stop");
+        let body = serde_json::json!({ "force": force });
+        self.call(
+            http::Method::POST,
+            &path,
+            token,
+            &[],
+            &[],
+            Some(&body),
+            None,
+        )
+        .await
     }
 
     pub async fn get_session(&self, session_id: &str, token: &str) -> Result<Value, ApiError> {
-        let rb = self.req(
-            &self.http,
-            reqwest::Method::GET,
-            &format!("/v1/sessions/{session_id}"),
-            token,
-        );
-        self.send_json(rb).await
+        let path = format!("/v1/sessions/{session_id}");
+        self.call(http::Method::GET, &path, token, &[], &[], None, None)
+            .await
     }
 
     /// The whole event history, oldest first (follows `next_page`).
     pub async fn list_events(&self, session_id: &str, token: &str) -> Result<Vec<Value>, ApiError> {
+        let path = format!("/v1/sessions/{session_id}/events");
         let mut out = Vec::new();
         let mut page: Option<String> = None;
         loop {
@@ -227,15 +285,9 @@ impl ApiClient {
             if let Some(p) = &page {
                 q.push(("page", p.clone()));
             }
-            let rb = self
-                .req(
-                    &self.http,
-                    reqwest::Method::GET,
-                    &format!("/v1/sessions/{session_id}/events"),
-                    token,
-                )
-                .query(&q);
-            let v = self.send_json(rb).await?;
+            let v = self
+                .call(http::Method::GET, &path, token, &q, &[], None, None)
+                .await?;
             let Some(data) = v.get("data").and_then(Value::as_array) else {
                 return Err(ApiError::Decode("events list without `data`".into()));
             };
@@ -253,15 +305,18 @@ impl ApiClient {
         token: &str,
         events: &[Value],
     ) -> Result<Value, ApiError> {
-        let rb = self
-            .req(
-                &self.http,
-                reqwest::Method::POST,
-                &format!("/v1/sessions/{session_id}/events"),
-                token,
-            )
-            .json(&serde_json::json!({ "events": events }));
-        self.send_json(rb).await
+        let path = format!("/v1/sessions/{session_id}/events");
+        let body = serde_json::json!({ "events": events });
+        self.call(
+            http::Method::POST,
+            &path,
+            token,
+            &[],
+            &[],
+            Some(&body),
+            None,
+        )
+        .await
     }
 
     /// Opens `GET /v1/sessions/{id}/events/stream` and returns a stream of parsed events.
@@ -270,25 +325,40 @@ impl ApiClient {
         session_id: &str,
         token: &str,
     ) -> Result<futures::stream::BoxStream<'static, Result<StreamItem, ApiError>>, ApiError> {
-        let resp = self
-            .req(
-                &self.stream_http,
-                reqwest::Method::GET,
-                &format!("/v1/sessions/{session_id}/events/stream"),
+        use http_body_util::BodyExt as _;
+        let path = format!("/v1/sessions/{session_id}/events/stream");
+        let resp = tokio::time::timeout(
+            self.timeout,
+            self.send(
+                http::Method::GET,
+                &path,
                 token,
-            )
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .map_err(|e| ApiError::Transport(e.to_string()))?;
+                &[],
+                &[("accept", "text/event-stream")],
+                None,
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| Err(ApiError::Transport("event stream: no response".into())))?;
         let status = resp.status().as_u16();
         if !(200..300).contains(&status) {
-            let bytes = resp.bytes().await.unwrap_or_default();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
             return Err(status_error(status, &bytes));
         }
         let mut decoder = SseDecoder::default();
-        let body = resp.bytes_stream();
+        let body = http_body_util::BodyStream::new(resp.into_body());
         let s = body
+            .filter_map(|frame| {
+                futures::future::ready(match frame {
+                    Ok(f) => f.into_data().ok().map(Ok),
+                    Err(e) => Some(Err(e)),
+                })
+            })
             .map(move |chunk| match chunk {
                 Ok(b) => decoder.feed(&b),
                 Err(e) => vec![Err(ApiError::Transport(e.to_string()))],

@@ -122,10 +122,12 @@ impl State {
             None => {
                 if matches!(permission.as_deref(), None | Some("allow")) {
                     acts.enqueue.push((ev, None));
-                } else if !self.awaiting.contains_key(&id) {
+                } else if let std::collections::hash_map::Entry::Vacant(slot) =
+                    self.awaiting.entry(id.clone())
+                {
                     // `ask`, or a value this worker does not know: wait for the user's verdict.
                     tracing::info!(tool = s(&ev, "name"), tool_use_id = %id, "holding call until user.tool_confirmation");
-                    self.awaiting.insert(id, ev);
+                    slot.insert(ev);
                     self.idle.hold();
                 }
             }
@@ -478,10 +480,10 @@ async fn reconcile(
             .collect();
         let outstanding = unanswered.iter().any(|ev| {
             let id = s(ev, "id");
-            !st.answered.contains(id)
-                && !st.in_terminated_thread(ev)
-                && !st.awaiting.contains_key(id)
-                && !(st.confirmations.contains_key(id) && owns_enqueued.contains(id))
+            !(st.answered.contains(id)
+                || st.in_terminated_thread(ev)
+                || st.awaiting.contains_key(id)
+                || (st.confirmations.contains_key(id) && owns_enqueued.contains(id)))
         });
         if last_ended_turn && !outstanding {
             st.idle.arm();
