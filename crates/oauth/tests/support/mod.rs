@@ -153,6 +153,22 @@ async fn gateway_standin(
         peer: Some(peer),
         ingress: Ingress::Loopback,
     };
+    if let Some(rest) = path.strip_prefix("/.well-known/oauth-protected-resource/") {
+        // Protected-resource metadata (served by the gateway in the product).
+        let slug = rest.trim_end_matches("/mcp");
+        let doc = serde_json::json!({
+            "resource": format!("{origin}/{slug}/mcp"),
+            "authorization_servers": [format!("{origin}/{slug}")],
+            "scopes_supported": ["mcp:read", "mcp:call"],
+            "bearer_methods_supported": ["header"],
+        });
+        let mut resp = Response::new(Body::from(doc.to_string()));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        return resp;
+    }
     if path.starts_with("/_airlock/oauth/") {
         return server.handle(ctx(None, Endpoint::Pages, ""), req).await;
     }
@@ -198,6 +214,13 @@ async fn gateway_standin(
             };
             let mut resp = Response::new(Body::from(body.1));
             *resp.status_mut() = body.0;
+            if body.0 == StatusCode::UNAUTHORIZED {
+                let challenge = format!(
+                    "Bearer resource_metadata=\"{origin}/.well-known/oauth-protected-resource/{slug}/mcp\", scope=\"mcp:read mcp:call\""
+                );
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, challenge.parse().unwrap());
+            }
             return resp;
         }
         _ => {
