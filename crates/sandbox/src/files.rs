@@ -3,13 +3,14 @@
 //! [`crate::paths`].
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use serde_json::Value;
 
+use crate::beneath;
 use crate::paths::{self, Access, Placed};
 use crate::{Base64Source, ContentBlock, Inner, ToolOutput};
 
@@ -97,12 +98,13 @@ fn media_type(path: &Path) -> Option<(&'static str, bool)> {
 }
 
 /// Open a regular file for reading without following a symlink swapped in after resolution.
-fn open_regular(op: &str, shown: &str, path: &Path) -> Result<(fs::File, u64), String> {
-    let meta = fs::symlink_metadata(path).map_err(|e| fs_error(op, shown, &e))?;
+fn open_regular(op: &str, shown: &str, placed: &Placed) -> Result<(fs::File, u64), String> {
+    let meta = fs::symlink_metadata(&placed.path).map_err(|e| fs_error(op, shown, &e))?;
     if !meta.file_type().is_file() {
         return Err(format!("{op}: {shown}: not a regular file"));
     }
-    let file = fs::File::open(path).map_err(|e| fs_error(op, shown, &e))?;
+    let file =
+        beneath::open_read(&placed.root, &placed.path).map_err(|e| fs_error(op, shown, &e))?;
     let meta = file.metadata().map_err(|e| fs_error(op, shown, &e))?;
     if !meta.is_file() {
         return Err(format!("{op}: {shown}: not a regular file"));
@@ -134,7 +136,7 @@ fn read(inner: &Inner, input: &Value) -> Result<ToolOutput, String> {
         },
         Some(_) => return Err("read: view_range must be [start_line, end_line]".into()),
     };
-    let (file, len) = open_regular("read", file_path, &placed.path)?;
+    let (file, len) = open_regular("read", file_path, &placed)?;
     if let Some((media_type, is_image)) = media_type(&placed.path) {
         if view_range.is_some() {
             return Err(format!(
@@ -210,68 +212,29 @@ fn read(inner: &Inner, input: &Value) -> Result<ToolOutput, String> {
     Ok(ToolOutput::text(slice))
 }
 
-/// Write `content` to `path` atomically (temp file in the same directory, then rename).
-fn atomic_write(op: &str, shown: &str, path: &Path, content: &[u8]) -> Result<(), String> {
-    let parent = path
-        .parent()
-        .ok_or_else(|| format!("{op}: {shown}: is a directory"))?;
-    if let Ok(meta) = fs::symlink_metadata(path)
+/// Write `content` to the placed path atomically (temp file in the same directory, then
+/// rename), every step relative to the root's descriptor.
+fn atomic_write(op: &str, shown: &str, placed: &Placed, content: &[u8]) -> Result<(), String> {
+    if let Ok(meta) = fs::symlink_metadata(&placed.path)
         && meta.is_dir()
     {
         return Err(format!("{op}: {shown}: is a directory"));
     }
-    create_dirs(op, shown, parent)?;
-    let mode = fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
+    if placed.path == placed.root {
+        return Err(format!("{op}: {shown}: is a directory"));
+    }
+    let mode = fs::symlink_metadata(&placed.path)
+        .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0o644);
-    let tmp = parent.join(format!(
-        ".{}.airlock-{:016x}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        rand::random::<u64>()
-    ));
-    let result = (|| -> io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(content)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(fs_error(op, shown, &e));
-    }
-    Ok(())
-}
-
-fn create_dirs(op: &str, shown: &str, dir: &Path) -> Result<(), String> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
+    beneath::write_atomic(&placed.root, &placed.path, content, mode)
         .map_err(|e| fs_error(op, shown, &e))
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 fn write(inner: &Inner, input: &Value) -> Result<ToolOutput, String> {
     let file_path = str_field("write", input, "file_path")?;
     let content = str_field("write", input, "content")?;
     let placed = place(inner, "write", file_path, Access::Write)?;
-    // Re-check the parent after creating it: a directory created by bash in the meantime
-    // could be a symlink; resolution happens again on the final path.
-    if let Some(parent) = placed.path.parent() {
-        create_dirs("write", file_path, parent)?;
-    }
-    let again = place(inner, "write", file_path, Access::Write)?;
-    atomic_write("write", file_path, &again.path, content.as_bytes())?;
+    atomic_write("write", file_path, &placed, content.as_bytes())?;
     Ok(ToolOutput::text(format!(
         "wrote {} bytes to {file_path}",
         content.len()
@@ -291,7 +254,7 @@ fn edit(inner: &Inner, input: &Value) -> Result<ToolOutput, String> {
         return Err("edit: old_string must not be empty".into());
     }
     let placed = place(inner, "edit", file_path, Access::Write)?;
-    let (file, len) = open_regular("edit", file_path, &placed.path)?;
+    let (file, len) = open_regular("edit", file_path, &placed)?;
     let limit = inner.limits.max_file_bytes;
     if len > limit {
         return Err(format!(
@@ -315,7 +278,7 @@ fn edit(inner: &Inner, input: &Value) -> Result<ToolOutput, String> {
     } else {
         text.replacen(old, new, 1)
     };
-    atomic_write("edit", file_path, &placed.path, updated.as_bytes())?;
+    atomic_write("edit", file_path, &placed, updated.as_bytes())?;
     let n = if replace_all { count } else { 1 };
     Ok(ToolOutput::text(format!(
         "edited {file_path} ({n} replacement(s))"
@@ -353,16 +316,16 @@ fn walk(root: &Path, mut visit: impl FnMut(&Path, &fs::FileType) -> bool) {
     }
 }
 
-fn search_root(inner: &Inner, op: &str, path: Option<&str>) -> Result<(PathBuf, String), String> {
+fn search_root(inner: &Inner, op: &str, path: Option<&str>) -> Result<(PathBuf, PathBuf), String> {
     match path {
-        None | Some("") => Ok((inner.workdir.clone(), inner.workdir.display().to_string())),
+        None | Some("") => Ok((inner.workdir.clone(), inner.workdir.clone())),
         Some(p) => {
             let placed = inner.roots.place(p)?;
             let meta = fs::metadata(&placed.path).map_err(|e| fs_error(op, p, &e))?;
             if !meta.is_dir() && op == "glob" {
                 return Err(format!("{op}: {p}: not a directory"));
             }
-            Ok((placed.path, p.to_owned()))
+            Ok((placed.path, placed.root))
         }
     }
 }
@@ -424,11 +387,11 @@ fn grep(inner: &Inner, input: &Value) -> Result<ToolOutput, String> {
         .dfa_size_limit(1 << 22)
         .build()
         .map_err(|e| format!("grep: invalid pattern: {e}"))?;
-    let (root, _) = search_root(inner, "grep", path)?;
+    let (root, base) = search_root(inner, "grep", path)?;
     let mut out = String::new();
     let mut truncated = false;
     let mut scan = |file: &Path| -> bool {
-        let Ok(f) = fs::File::open(file) else {
+        let Ok(f) = beneath::open_read(&base, file) else {
             return true;
         };
         let mut bytes = Vec::new();

@@ -37,6 +37,7 @@
 //!   zip-slip/tar-slip refused and links/devices skipped ([`unpack_skill`]).
 
 mod bash;
+mod beneath;
 mod cgroup;
 mod files;
 pub mod helper;
