@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod proxy;
+pub mod relay;
 
 /// How long to wait for `airlock up` to report `ready: true` (a loaded 2-core machine).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
