@@ -119,6 +119,8 @@ pub(crate) struct State {
 }
 
 const CIMD_CACHE_MAX: usize = 256;
+/// Audit records waiting for the database at most (beyond: dropped and counted).
+const AUDIT_QUEUE: usize = 8192;
 
 /// A newly issued pair (plaintexts), for the token response.
 pub(crate) struct Issued {
@@ -160,7 +162,7 @@ impl AuthServer {
             .await
             .map_err(|_| Error::Closed)??;
         let (events, _) = broadcast::channel(256);
-        let (audit_tx, audit_rx) = mpsc::channel(4096);
+        let (audit_tx, audit_rx) = mpsc::channel(AUDIT_QUEUE);
         let cfg = opts.config;
         let inner = Arc::new(Inner {
             token_limit: RateLimit::new(cfg.token_requests_per_minute),
@@ -261,7 +263,13 @@ impl AuthServer {
             .try_send(AuditMsg::Entry(Box::new(e)))
             .is_err()
         {
-            self.inner.audit_dropped.fetch_add(1, Ordering::Relaxed);
+            let n = self.inner.audit_dropped.fetch_add(1, Ordering::Relaxed);
+            if n % 1000 == 0 {
+                tracing::warn!(
+                    dropped = n + 1,
+                    "the audit log queue is full; records are being dropped"
+                );
+            }
         }
     }
 
