@@ -264,7 +264,7 @@ impl AuthServer {
             .is_err()
         {
             let n = self.inner.audit_dropped.fetch_add(1, Ordering::Relaxed);
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 tracing::warn!(
                     dropped = n + 1,
                     "the audit log queue is full; records are being dropped"
