@@ -33,6 +33,9 @@
 //!   is bound into the sandbox and reached through a loopback forwarder inside it; it applies the
 //!   resolved-address rule of `airlock-egress` (no loopback, private, link-local targets unless
 //!   listed) with an injectable resolver and dialer.
+//! * **Memory stores**: [`MemoryMount`] is the local side (directory, marker, hashing scan,
+//!   writes that never follow symlinks); the worker syncs it with the API and passes the root
+//!   as a writable (or read-only) root.
 //! * **Skills** unpack into `<workdir>/skills/<name>/` from zip or tar(.gz) archives with
 //!   zip-slip/tar-slip refused and links/devices skipped ([`unpack_skill`]).
 
@@ -42,6 +45,7 @@ mod cgroup;
 mod files;
 pub mod helper;
 mod isolation;
+mod memory;
 mod paths;
 mod proxy;
 mod schema;
@@ -58,6 +62,9 @@ use tokio_util::sync::CancellationToken;
 pub use cgroup::CgroupSupport;
 pub use ipnet::IpNet;
 pub use isolation::{IsolationReport, Mechanism, probe_isolation};
+pub use memory::{
+    LocalMemory, LocalSnapshot, MEMORY_MARKER, MemoryMount, content_sha256, validate_memory_path,
+};
 pub use proxy::{EgressProxy, domain_allowed};
 pub use schema::tool_definitions;
 pub use skills::{SkillReport, unpack_skill};

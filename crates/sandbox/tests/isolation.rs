@@ -145,3 +145,39 @@ async fn landlock_fallback_confines_bash() {
     assert!(out.text_content().contains("refused after"), "{out:?}");
     sb.close().await;
 }
+
+#[tokio::test]
+async fn memory_stores_are_mounted_at_their_path() {
+    let env = env();
+    let base = env.home.parent().unwrap().join("mnt/memory");
+    let rw =
+        airlock_sandbox::MemoryMount::create(&base.join("prefs"), "memstore_rw", false).unwrap();
+    let ro = airlock_sandbox::MemoryMount::create(&base.join("team"), "memstore_ro", true).unwrap();
+    ro.write("/rules.md", "be nice").unwrap();
+    let mut cfg = config(&env);
+    cfg.writable_roots = vec![rw.root().to_path_buf()];
+    cfg.read_only_paths = vec![ro.root().to_path_buf()];
+    let sb = Sandbox::open(cfg).await.unwrap();
+    let out = bash(
+        &sb,
+        &format!(
+            "echo remembered > {}/today.md && cat {}/rules.md",
+            rw.root().display(),
+            ro.root().display()
+        ),
+    )
+    .await;
+    assert_eq!(out.text_content(), "be nice", "{out:?}");
+    let out = bash(&sb, &format!("echo x > {}/rules.md", ro.root().display())).await;
+    assert!(out.is_error);
+    let p = rw.root().join("edited.md").display().to_string();
+    let out = tool(&sb, "write", json!({"file_path": p, "content": "via tool"})).await;
+    assert!(!out.is_error, "{out:?}");
+    let snap = rw.scan().unwrap();
+    assert_eq!(
+        snap.files.keys().cloned().collect::<Vec<_>>(),
+        ["/edited.md", "/today.md"]
+    );
+    assert!(rw.marker_ok());
+    sb.close().await;
+}
