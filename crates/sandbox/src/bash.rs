@@ -251,8 +251,12 @@ pub(crate) async fn run(
     let marker = format!("\n__ANT_CMD_{token}_DONE__");
     // The marker is written in two quoted halves so an echo of the script never matches.
     let (a, b) = marker[1..].split_at(12);
-    let script =
-        format!("{{ {command}\n}} </dev/null 2>&1; printf '\\n%s%s%d\\n' '{a}' '{b}' \"$?\"\n");
+    // The command travels as a quoted here-document and runs through `eval`: whatever it
+    // contains (an unterminated quote, a stray `}`), the shell parses it as one string, reports
+    // a syntax error as status 2, and always reaches the marker.
+    let script = format!(
+        "IFS= read -r -d '' __airlock_cmd <<'__AIRLOCK_CMD_{token}'\n{command}\n__AIRLOCK_CMD_{token}\n{{ eval \"$__airlock_cmd\"\n}} </dev/null 2>&1; printf '\\n%s%s%d\\n' '{a}' '{b}' \"$?\"\n"
+    );
     let Some(shell) = state.shell.as_mut() else {
         return ToolOutput::error("bash: no shell");
     };

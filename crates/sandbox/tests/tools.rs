@@ -57,6 +57,16 @@ async fn bash_persists_state_restarts_and_reports_exit_codes() {
     assert!(!out.is_error);
     let out = bash(&sb, "echo \"[$FOO]\" $(pwd)").await;
     assert_eq!(out.text_content(), format!("[] {}", env.workdir.display()));
+    // Syntax errors come back as errors at once (no shell left waiting for more input).
+    let started = std::time::Instant::now();
+    let out = bash(&sb, "echo \"unterminated").await;
+    assert!(out.is_error);
+    assert!(out.text_content().contains("unexpected EOF"), "{out:?}");
+    let out = bash(&sb, "}").await;
+    assert!(out.is_error, "{out:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let out = bash(&sb, "cat <<EOF\nheredoc $FOO\nEOF").await;
+    assert_eq!(out.text_content(), "heredoc ");
     let out = tool(&sb, "bash", json!({})).await;
     assert!(out.is_error);
     assert_eq!(out.text_content(), "bash: command is required");
