@@ -1,5 +1,7 @@
-//! The official Python MCP SDK's OAuth client completes the flow against the authorization server.
-//! Uses the test venv of `scripts/test` (`$AIRLOCK_E2E_PYTHON`, else `<repo>/.cache/venv/bin/python`, mcp 2.3.0).
+//! The official MCP SDKs' OAuth clients complete the flow against the authorization server: Python (`mcp` 2.3.0,
+//! `OAuthClientProvider`) and TypeScript (`@modelcontextprotocol/sdk`'s `auth()`, what mcp-remote and the Inspector
+//! use). They come from the test tools `scripts/test` installs: `$AIRLOCK_E2E_PYTHON` (else
+//! `<repo>/.cache/venv/bin/python`) and `$AIRLOCK_E2E_NODE_DIR` (else `<repo>/tests/node`).
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -84,4 +86,57 @@ async fn python_mcp_sdk_oauth_client_with_a_client_id_metadata_document() {
     let c = clients.iter().find(|c| c.client_id == url).unwrap();
     assert_eq!(c.kind, "cimd");
     assert_eq!(c.name, "python via CIMD");
+}
+
+fn node_dir() -> PathBuf {
+    let d = std::env::var_os("AIRLOCK_E2E_NODE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/node"));
+    assert!(
+        d.join("node_modules/@modelcontextprotocol/sdk/package.json")
+            .is_file(),
+        "the test Node tools are missing ({}): run scripts/test once (npm ci in tests/node)",
+        d.display()
+    );
+    d
+}
+
+#[tokio::test]
+async fn typescript_mcp_sdk_oauth_client_registers_authorizes_refreshes_and_is_revoked() {
+    let h = Harness::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let app: axum::Router = airlock_oauth::control_router(h.server.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = node_dir();
+    let pinned = dir.join("node_modules/.bin/node");
+    let node = if pinned.is_file() {
+        pinned
+    } else {
+        PathBuf::from("node")
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js/sdk_flow.mjs");
+    let run = tokio::process::Command::new(node)
+        .arg(script)
+        .arg(dir.join("node_modules/@modelcontextprotocol/sdk"))
+        .arg(&h.base)
+        .arg(&api)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the Node client finishes within 120 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("TS SDK FLOW OK"),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let clients = h.server.clients().await.unwrap();
+    let c = clients
+        .iter()
+        .find(|c| c.name == "typescript mcp sdk")
+        .unwrap();
+    assert!(c.grants[0].revoked_ms.is_some());
 }
