@@ -596,6 +596,10 @@ impl LaunchPlan {
         .into_iter()
         .map(os)
         .collect();
+        // No nested user namespaces (less kernel surface; nothing inside needs them).
+        if bwrap_supports(self.bwrap.as_deref(), "--disable-userns") {
+            a.push(os("--disable-userns"));
+        }
         // Keep the caller's uid unless it is root: then an unprivileged one (no capabilities
         // inside, even over files the host root owns).
         if nix::unistd::geteuid().is_root() {
@@ -686,6 +690,23 @@ impl LaunchPlan {
         a.extend([os("--chdir"), workdir.into(), os("--")]);
         Ok(a)
     }
+}
+
+/// Whether this bwrap knows `flag` (from `bwrap --help`, asked once).
+fn bwrap_supports(bwrap: Option<&Path>, flag: &str) -> bool {
+    static HELP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let Some(bwrap) = bwrap else { return false };
+    HELP.get_or_init(|| {
+        Command::new(bwrap)
+            .arg("--help")
+            .env_clear()
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    })
+    .contains(flag)
 }
 
 /// System directories readable in the Landlock sandbox.

@@ -38,6 +38,9 @@ async fn writes_outside_the_workdir_are_refused() {
     let out = bash(&sb, &format!("echo x > {}/planted", env.home.display())).await;
     assert!(out.is_error, "{out:?}");
     assert!(!env.home.join("planted").exists());
+    // No way back in through a nested user namespace (which could remount things).
+    let out = bash(&sb, "unshare -Ur true").await;
+    assert!(out.is_error, "{out:?}");
     // Writing "outside" into the sandbox's private /tmp never reaches the host.
     bash(&sb, &format!("echo x > {}", outside.display())).await;
     assert!(!outside.exists());
