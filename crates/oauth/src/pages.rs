@@ -155,6 +155,15 @@ impl AuthServer {
 
     async fn authorize(&self, ctx: RequestContext, req: Request<Body>) -> Response<Body> {
         let now = self.now();
+        // Only a top-level navigation raises an approval: a cross-site <img>/<iframe>/fetch cannot spam the person.
+        if let Some(dest) = req.headers().get("sec-fetch-dest")
+            && dest.as_bytes() != b"document"
+        {
+            return error_page(
+                StatusCode::FORBIDDEN,
+                "open the authorization link in the browser's address bar",
+            );
+        }
         let q = match parse_form(req.uri().query().unwrap_or("").as_bytes()) {
             Ok(q) => q,
             Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),

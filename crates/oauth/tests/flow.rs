@@ -741,7 +741,25 @@ async fn a_script_bearing_client_name_is_rendered_as_text() {
         ("code_challenge_method", "S256"),
         ("resource", &h.resource("a")),
     ]);
-    let page = get(&format!("{}?{q}", h.authorize_url())).await;
+    // Embedding the link in another site (image, frame) raises nothing.
+    for dest in ["image", "iframe", "empty"] {
+        let r = request(
+            Method::GET,
+            &format!("{}?{q}", h.authorize_url()),
+            &[("sec-fetch-dest", dest)],
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{dest}");
+    }
+    assert!(h.server.approvals().is_empty());
+    let page = request(
+        Method::GET,
+        &format!("{}?{q}", h.authorize_url()),
+        &[("sec-fetch-dest", "document")],
+        None,
+    )
+    .await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(!page.body.contains("<script"));
     assert!(!page.body.contains("<img"));
