@@ -225,26 +225,12 @@ fn restrict(rw: &[PathBuf], ro: &[PathBuf]) -> Result<(), String> {
 }
 
 #[cfg(target_os = "linux")]
-fn seccomp() -> Result<(), String> {
-    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+fn filter_program(denied: &[i64]) -> Result<seccompiler::BpfProgram, String> {
+    use seccompiler::{SeccompAction, SeccompFilter, TargetArch};
     use std::collections::BTreeMap;
     let arch: TargetArch = std::env::consts::ARCH
         .try_into()
         .map_err(|e| format!("seccomp: {e:?}"))?;
-    let denied: &[i64] = &[
-        libc::SYS_socket,
-        libc::SYS_ptrace,
-        libc::SYS_process_vm_readv,
-        libc::SYS_process_vm_writev,
-        libc::SYS_keyctl,
-        libc::SYS_add_key,
-        libc::SYS_request_key,
-        libc::SYS_io_uring_setup,
-        libc::SYS_io_uring_enter,
-        libc::SYS_io_uring_register,
-        libc::SYS_bpf,
-        libc::SYS_perf_event_open,
-    ];
     let rules = denied
         .iter()
         .map(|&n| (n, Vec::new()))
@@ -256,7 +242,55 @@ fn seccomp() -> Result<(), String> {
         arch,
     )
     .map_err(|e| format!("seccomp: {e}"))?;
-    let program: BpfProgram = filter.try_into().map_err(|e| format!("seccomp: {e:?}"))?;
+    filter.try_into().map_err(|e| format!("seccomp: {e:?}"))
+}
+
+/// System calls refused in every sandbox: kernel keyrings (the user's session keyring may hold
+/// secrets), and kernel attack surface nothing in a tool call needs.
+#[cfg(target_os = "linux")]
+const ALWAYS_DENIED: [i64; 9] = [
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+];
+
+/// The seccomp filter bubblewrap loads (`--seccomp FD`), as raw `sock_filter`s.
+#[cfg(target_os = "linux")]
+pub(crate) fn bwrap_filter_bytes() -> Result<Vec<u8>, String> {
+    let program = filter_program(&ALWAYS_DENIED)?;
+    let mut out = Vec::with_capacity(program.len() * 8);
+    for f in program {
+        out.extend_from_slice(&f.code.to_ne_bytes());
+        out.push(f.jt);
+        out.push(f.jf);
+        out.extend_from_slice(&f.k.to_ne_bytes());
+    }
+    Ok(out)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn bwrap_filter_bytes() -> Result<Vec<u8>, String> {
+    Err("seccomp is Linux-only".into())
+}
+
+#[cfg(target_os = "linux")]
+fn seccomp() -> Result<(), String> {
+    // Without a network namespace the Landlock sandbox refuses every socket (network, and
+    // unix sockets such as the session bus), plus tracing of other processes of the user.
+    let mut denied = ALWAYS_DENIED.to_vec();
+    denied.extend([
+        libc::SYS_socket,
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+    ]);
+    let program = filter_program(&denied)?;
     seccompiler::apply_filter(&program).map_err(|e| format!("seccomp: {e}"))
 }
 

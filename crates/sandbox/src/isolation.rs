@@ -438,7 +438,9 @@ pub(crate) fn prepare(cfg: &SandboxConfig) -> Result<Prepared, SandboxError> {
 
 use std::os::unix::fs::DirBuilderExt;
 
-const JOIN_SCRIPT: &str = r#"n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; exec "$@""#;
+/// `sh -c JOIN_SCRIPT sh <seccomp file or ""> <n> <cgroup.procs>… <command>…`: join the
+/// cgroups, then exec the sandbox with the seccomp filter on fd 3.
+const JOIN_SCRIPT: &str = r#"f=$1; shift; n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; if [ -n "$f" ]; then exec "$@" 3<"$f"; fi; exec "$@""#;
 
 fn os(s: impl Into<OsString>) -> OsString {
     s.into()
@@ -495,12 +497,35 @@ impl LaunchPlan {
         }
         let shell_argv: Vec<OsString> = vec![bash.clone().into(), os("--noprofile"), os("--norc")];
 
+        let mut seccomp_file: Option<PathBuf> = None;
         let (program, mut args): (PathBuf, Vec<OsString>) = match self.mechanism {
             Mechanism::Bubblewrap => {
                 let bwrap = self.bwrap.clone().ok_or_else(|| {
                     SandboxError::Config("bubblewrap disappeared after the probe".into())
                 })?;
                 let mut a = self.bwrap_args(workdir, proxy_socket.as_deref())?;
+                match crate::helper::bwrap_filter_bytes() {
+                    Ok(bytes) => {
+                        let dir = std::env::temp_dir().join(format!(
+                            "airlock-sandbox-run-{:016x}",
+                            rand::random::<u64>()
+                        ));
+                        std::fs::DirBuilder::new()
+                            .mode(0o700)
+                            .create(&dir)
+                            .map_err(|e| {
+                                SandboxError::io(format!("creating {}", dir.display()), e)
+                            })?;
+                        let file = dir.join("seccomp.bpf");
+                        std::fs::write(&file, bytes).map_err(|e| {
+                            SandboxError::io(format!("writing {}", file.display()), e)
+                        })?;
+                        a.splice(0..0, [os("--seccomp"), os("3")]);
+                        seccomp_file = Some(file);
+                        self.private_tmp = Some(dir);
+                    }
+                    Err(e) => tracing::warn!("bubblewrap runs without a seccomp filter: {e}"),
+                }
                 if proxy_socket.is_some() {
                     a.extend([
                         os(format!("{INNER_RUN}/exec")),
@@ -550,12 +575,13 @@ impl LaunchPlan {
         };
         // Join the cgroup first (a tiny sh that writes its own pid, then execs the sandbox):
         // every process the sandbox ever starts is then counted.
-        let program = if let Some(cg) = cgroup {
-            let files = cg.procs_files();
+        let program = if cgroup.is_some() || seccomp_file.is_some() {
+            let files = cgroup.map(|c| c.procs_files()).unwrap_or_default();
             let mut wrapped = vec![
                 os("-c"),
                 os(JOIN_SCRIPT),
                 os("sh"),
+                seccomp_file.map(OsString::from).unwrap_or_default(),
                 os(files.len().to_string()),
             ];
             wrapped.extend(files.into_iter().map(OsString::from));

@@ -41,6 +41,17 @@ async fn writes_outside_the_workdir_are_refused() {
     // No way back in through a nested user namespace (which could remount things).
     let out = bash(&sb, "unshare -Ur true").await;
     assert!(out.is_error, "{out:?}");
+    // Kernel keyrings (where other software keeps secrets) are out of reach.
+    let out = bash(
+        &sb,
+        "perl -e 'syscall(250, 0, -3) == -1 and print \"refused: $!\\n\"'",
+    )
+    .await;
+    assert_eq!(
+        out.text_content(),
+        "refused: Operation not permitted",
+        "{out:?}"
+    );
     // Writing "outside" into the sandbox's private /tmp never reaches the host.
     bash(&sb, &format!("echo x > {}", outside.display())).await;
     assert!(!outside.exists());
