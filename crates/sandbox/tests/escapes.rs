@@ -42,9 +42,14 @@ async fn writes_outside_the_workdir_are_refused() {
     let out = bash(&sb, "unshare -Ur true").await;
     assert!(out.is_error, "{out:?}");
     // Kernel keyrings (where other software keeps secrets) are out of reach.
+    let keyctl = if cfg!(target_arch = "aarch64") {
+        219
+    } else {
+        250
+    };
     let out = bash(
         &sb,
-        "perl -e 'syscall(250, 0, -3) == -1 and print \"refused: $!\\n\"'",
+        &format!("perl -e 'syscall({keyctl}, 0, -3) == -1 and print \"refused: $!\\n\"'"),
     )
     .await;
     assert_eq!(
