@@ -82,6 +82,20 @@ impl Db {
                 source,
             })?;
         }
+        #[cfg(unix)]
+        {
+            // Created 0600 from the start (SQLite gives its -wal/-shm files the database's mode).
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| Error::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        }
         let conn = Connection::open(path).map_err(|source| Error::Open {
             path: path.to_owned(),
             source,

@@ -1183,6 +1183,18 @@ async fn minted_tokens_are_listed_and_revocable_and_survive_a_restart() {
             .unwrap()
             .is_empty()
     );
+    // The database (and its WAL) is private to the user.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["oauth.sqlite", "oauth.sqlite-wal"] {
+            let mode = std::fs::metadata(path.join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+    }
     // The database stores only hashes.
     let raw = std::fs::read(path.join("oauth.sqlite")).unwrap();
     let wal = std::fs::read(path.join("oauth.sqlite-wal")).unwrap_or_default();
