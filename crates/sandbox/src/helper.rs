@@ -28,7 +28,13 @@ const MAX_FORWARDS: usize = 64;
 /// Run the helper with `args` (without the program name). Returns the exit code on failure
 /// (on success it never returns: it execs the command).
 pub fn main(args: Vec<OsString>) -> i32 {
-    match run(args) {
+    main_with_prefix(&[], args)
+}
+
+/// [`main`] for a binary that reaches the helper through leading arguments (`prefix`, e.g.
+/// `["sandbox-exec"]` for `airlock sandbox-exec …`); the forwarder re-executes itself with them.
+pub fn main_with_prefix(prefix: &[&str], args: Vec<OsString>) -> i32 {
+    match run(prefix, args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("airlock-sandbox-exec: {e}");
@@ -74,7 +80,7 @@ fn exec(command: &[OsString]) -> Result<i32, String> {
     Err(format!("exec {}: {err}", PathBuf::from(prog).display()))
 }
 
-fn run(args: Vec<OsString>) -> Result<i32, String> {
+fn run(prefix: &[&str], args: Vec<OsString>) -> Result<i32, String> {
     let (mode, rest) = args
         .split_first()
         .ok_or("usage: airlock-sandbox-exec landlock|forward [options] -- command…")?;
@@ -107,6 +113,7 @@ fn run(args: Vec<OsString>) -> Result<i32, String> {
             let socket = get("socket").ok_or("--socket is required")?;
             let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
             let mut child = Command::new(me)
+                .args(prefix)
                 .arg("serve-forward")
                 .arg("--listen")
                 .arg(listen)

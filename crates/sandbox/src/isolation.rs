@@ -527,8 +527,9 @@ impl LaunchPlan {
                     Err(e) => tracing::warn!("bubblewrap runs without a seccomp filter: {e}"),
                 }
                 if proxy_socket.is_some() {
+                    a.push(os(format!("{INNER_RUN}/exec")));
+                    a.extend(cfg.helper_args.iter().map(os));
                     a.extend([
-                        os(format!("{INNER_RUN}/exec")),
                         os("forward"),
                         os("--listen"),
                         os(INNER_PROXY_ADDR),
@@ -544,7 +545,8 @@ impl LaunchPlan {
                 let helper = self.helper.clone().ok_or_else(|| {
                     SandboxError::Config("the Landlock sandbox needs the helper".into())
                 })?;
-                let mut a = vec![os("landlock")];
+                let mut a: Vec<OsString> = cfg.helper_args.iter().map(os).collect();
+                a.push(os("landlock"));
                 let mut rw: Vec<PathBuf> = vec![workdir.to_path_buf()];
                 rw.extend(self.writable.iter().cloned());
                 if let Some(t) = &self.private_tmp {

@@ -295,6 +295,9 @@ pub struct SandboxConfig {
     /// `AIRLOCK_SANDBOX_EXEC` environment variable, else `airlock-sandbox-exec` next to the
     /// current executable.
     pub helper: Option<PathBuf>,
+    /// Arguments placed before the helper's own (e.g. `["sandbox-exec"]` when the helper is
+    /// the `airlock` binary with a hidden subcommand calling [`helper::main_with_prefix`]).
+    pub helper_args: Vec<String>,
     /// Extra environment for bash (`ANTHROPIC_*`, `DBUS_*`, `XDG_RUNTIME_DIR`,
     /// `SSH_AUTH_SOCK` are refused).
     pub env: Vec<(String, String)>,
@@ -315,6 +318,7 @@ impl SandboxConfig {
             mechanism: Mechanism::Auto,
             unconfined: false,
             helper: None,
+            helper_args: Vec::new(),
             env: Vec::new(),
             bash_path: PathBuf::from("/bin/bash"),
         }

@@ -181,3 +181,32 @@ async fn memory_stores_are_mounted_at_their_path() {
     assert!(rw.marker_ok());
     sb.close().await;
 }
+
+#[tokio::test]
+async fn the_helper_can_be_a_subcommand_of_another_binary() {
+    if !probe_isolation().landlock {
+        eprintln!("kernel without Landlock: fallback not testable here");
+        return;
+    }
+    let env = env();
+    // Stands in for `airlock sandbox-exec …`: refuses to run without its subcommand word.
+    let script = env.home.parent().unwrap().join("fake-airlock");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = sandbox-exec ] || exit 99\nshift\nexec {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_airlock-sandbox-exec")
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cfg = config(&env);
+    cfg.mechanism = Mechanism::Landlock;
+    cfg.helper = Some(script);
+    cfg.helper_args = vec!["sandbox-exec".into()];
+    let sb = Sandbox::open(cfg).await.unwrap();
+    let out = bash(&sb, &format!("cat {}/.ssh/id_ed25519", env.home.display())).await;
+    assert!(out.text_content().contains("Permission denied"), "{out:?}");
+    sb.close().await;
+}

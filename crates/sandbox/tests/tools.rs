@@ -432,3 +432,17 @@ async fn glob_and_grep_shapes() {
     assert!(out.is_error);
     sb.close().await;
 }
+
+#[test]
+fn the_api_types_cross_tasks() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<airlock_sandbox::Sandbox>();
+    check::<airlock_sandbox::SandboxConfig>();
+    check::<airlock_sandbox::ToolOutput>();
+    // The result serializes as a `user.tool_result`'s content / is_error.
+    let v = serde_json::to_value(airlock_sandbox::ToolOutput::error("boom")).unwrap();
+    assert_eq!(
+        v,
+        json!({"content": [{"type": "text", "text": "boom"}], "is_error": true})
+    );
+}
