@@ -20,7 +20,10 @@
 //!   secrets masked; fresh `/proc`, `/dev`, `/tmp`, `/run`; the workdir the only writable place;
 //!   the user's home, `/run/user`, the D-Bus socket and Airlock's own data simply not mounted;
 //!   protected files inside the workdir re-bound read-only; `--die-with-parent`,
-//!   `--new-session`). Without bubblewrap, the `airlock-sandbox-exec` helper applies Landlock
+//!   `--new-session`, no nested user namespaces, and a seccomp filter refusing kernel keyrings,
+//!   `io_uring`, `bpf`, `perf_event_open` and `userfaultfd`). Protected files that did not exist
+//!   when the sandbox opened and are created by a command are removed again and the call is
+//!   reported as an error. Without bubblewrap, the `airlock-sandbox-exec` helper applies Landlock
 //!   (writes only to the workdir, reads only to system directories) and a seccomp filter (no
 //!   `AF_INET`/`AF_INET6` sockets) to itself and then execs bash. With neither, [`Sandbox::open`]
 //!   refuses unless `unconfined` is set explicitly.
