@@ -264,6 +264,12 @@ impl AuthServer {
                 "code_challenge must be a base64url SHA-256 (43 characters)",
             );
         }
+        if get("prompt").is_some_and(|p| p.split(' ').any(|p| p == "none")) {
+            return fail(
+                "consent_required",
+                "every grant is approved by the person at the device",
+            );
+        }
         if get("request").is_some() || get("request_uri").is_some() {
             return fail("request_not_supported", "request objects are not supported");
         }

@@ -519,6 +519,18 @@ async fn pkce_missing_or_plain_and_resource_missing_are_refused() {
         assert_eq!(q["iss"], h.issuer("a"));
         assert_eq!(q["state"], "x");
     }
+    // prompt=none cannot be honoured: every grant is decided by the person.
+    let p = [
+        ("response_type", "code"),
+        ("client_id", client_id.as_str()),
+        ("redirect_uri", CB),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+        ("resource", res.as_str()),
+        ("prompt", "none"),
+    ];
+    let r = get(&format!("{}?{}", h.authorize_url(), authorize_query(&p))).await;
+    assert_eq!(query_of(&r.location())["error"], "consent_required");
     // resource missing or unknown: shown to the person, no pending approval.
     for resource in [None, Some("https://elsewhere.example/mcp")] {
         let mut p = vec![
