@@ -345,6 +345,10 @@ impl AuthServer {
         };
         let html = {
             let mut st = self.state();
+            if st.pending.contains_key(&approval.id) {
+                // 32 random bits collided with a live id: refuse rather than overwrite.
+                return error_page(StatusCode::SERVICE_UNAVAILABLE, "please try again");
+            }
             let html = render_pending(&pending, false);
             st.pending.insert(approval.id.clone(), pending);
             html
