@@ -205,12 +205,18 @@ fn restrict(rw: &[PathBuf], ro: &[PathBuf]) -> Result<(), String> {
         .map_err(|e| format!("Landlock: {e}"))?
         .create()
         .map_err(|e| format!("Landlock: {e}"))?;
-    for (paths, access) in [
-        (ro, AccessFs::from_read(abi)),
-        (rw, AccessFs::from_all(abi)),
+    for (paths, access, required) in [
+        (ro, AccessFs::from_read(abi), false),
+        (rw, AccessFs::from_all(abi), true),
     ] {
         for p in paths {
-            let fd = PathFd::new(p).map_err(|e| format!("Landlock: {}: {e}", p.display()))?;
+            // A read-only grant that cannot be opened (a dangling link in /etc) is dropped:
+            // that only ever takes access away.
+            let fd = match PathFd::new(p) {
+                Ok(fd) => fd,
+                Err(_) if !required => continue,
+                Err(e) => return Err(format!("Landlock: {}: {e}", p.display())),
+            };
             // Rules on a file may only carry file rights.
             let access = if p.is_dir() {
                 access

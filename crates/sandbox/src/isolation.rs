@@ -737,13 +737,53 @@ fn bwrap_supports(bwrap: Option<&Path>, flag: &str) -> bool {
     .contains(flag)
 }
 
-/// System directories readable in the Landlock sandbox.
+/// Entries of `/etc` that hold secrets: masked in bubblewrap, left out of the Landlock rules.
+const ETC_SECRETS: [&str; 13] = [
+    "shadow",
+    "shadow-",
+    "gshadow",
+    "gshadow-",
+    "sudoers",
+    "sudoers.d",
+    "ssh",
+    "security",
+    "wireguard",
+    "NetworkManager",
+    "airlock",
+    "machine-id",
+    "ssl",
+];
+
+/// System directories readable in the Landlock sandbox. Landlock cannot carve a hole into a
+/// granted directory, so `/etc` is granted entry by entry without its secrets (and `/etc/ssl`
+/// without `private`).
 fn system_dirs() -> Vec<PathBuf> {
-    [
-        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/opt", "/dev",
+    let mut out: Vec<PathBuf> = [
+        "/usr",
+        "/bin",
+        "/sbin",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/opt",
+        "/dev/random",
+        "/dev/urandom",
     ]
     .iter()
     .map(PathBuf::from)
     .filter(|p| p.exists())
-    .collect()
+    .collect();
+    let mut entries = |dir: &str, skip: &[&str]| {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                if !skip.iter().any(|s| name == *s) {
+                    out.push(e.path());
+                }
+            }
+        }
+    };
+    entries("/etc", &ETC_SECRETS);
+    entries("/etc/ssl", &["private"]);
+    out
 }

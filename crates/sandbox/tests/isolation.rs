@@ -118,6 +118,14 @@ async fn landlock_fallback_confines_bash() {
     assert_eq!(sb.status().mechanism, "landlock");
     let out = bash(&sb, "echo inside > f.txt && cat f.txt && echo tmp > $TMPDIR/t && cat $TMPDIR/t >/dev/null && echo ok").await;
     assert_eq!(out.text_content(), "inside\nok", "{out:?}");
+    let out = bash(&sb, "cat /etc/shadow").await;
+    assert!(out.is_error, "{out:?}");
+    let out = bash(&sb, "grep -c ^root: /etc/passwd").await;
+    assert_eq!(out.text_content(), "1");
+    let out = bash(&sb, "ls /dev/shm").await;
+    assert!(out.is_error, "{out:?}");
+    let out = bash(&sb, "head -c 4 /dev/urandom | wc -c").await;
+    assert_eq!(out.text_content(), "4");
     let planted = env.home.join("planted");
     let out = bash(&sb, &format!("echo x > {}", planted.display())).await;
     assert!(out.is_error);
