@@ -24,7 +24,9 @@ pub(crate) enum Access {
 }
 
 /// Names that steer other tools: never written from the sandbox, wherever they are.
-pub(crate) const PROTECTED_NAMES: [&str; 13] = [
+/// (`.gitconfig` is not among them: `HOME` is the workdir, so `git config --global` writes
+/// one there, and git never reads a `.gitconfig` found inside a project.)
+pub(crate) const PROTECTED_NAMES: [&str; 12] = [
     ".mcp.json",
     ".bashrc",
     ".bash_profile",
@@ -34,7 +36,6 @@ pub(crate) const PROTECTED_NAMES: [&str; 13] = [
     ".zshrc",
     ".zshenv",
     ".zprofile",
-    ".gitconfig",
     ".gitmodules",
     ".ripgreprc",
     ".npmrc",

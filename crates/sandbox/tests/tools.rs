@@ -67,6 +67,13 @@ async fn bash_persists_state_restarts_and_reports_exit_codes() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     let out = bash(&sb, "cat <<EOF\nheredoc $FOO\nEOF").await;
     assert_eq!(out.text_content(), "heredoc ");
+    // HOME is the workdir: global git settings work.
+    let out = bash(
+        &sb,
+        "git config --global user.name sandbox && git config --global user.name",
+    )
+    .await;
+    assert_eq!(out.text_content(), "sandbox", "{out:?}");
     let out = tool(&sb, "bash", json!({})).await;
     assert!(out.is_error);
     assert_eq!(out.text_content(), "bash: command is required");
