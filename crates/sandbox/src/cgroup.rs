@@ -71,47 +71,57 @@ pub(crate) fn detect(parent: Option<&Path>) -> CgroupSupport {
     let own = own_cgroups();
     let mut reasons = Vec::new();
     if let Some(mount) = unified_mount() {
-        let candidate = match parent {
-            Some(p) => Some(p.to_path_buf()),
+        // The configured parent; else children of the agent's own cgroup; else (a cgroup
+        // holding processes cannot delegate controllers: the "no internal processes" rule)
+        // siblings under its parent, which already delegates to the agent's own group.
+        let candidates: Vec<PathBuf> = match parent {
+            Some(p) => vec![p.to_path_buf()],
             None => own
                 .iter()
                 .find(|(c, _)| c.is_empty())
-                .map(|(_, p)| join_rel(&mount, p)),
-        };
-        if let Some(candidate) = candidate {
-            let available = read_words(&candidate.join("cgroup.controllers"));
-            if available.iter().any(|c| c == "pids") && available.iter().any(|c| c == "memory") {
-                let mut enabled = read_words(&candidate.join("cgroup.subtree_control"));
-                let wanted: Vec<&str> = ["pids", "memory", "cpu"]
-                    .into_iter()
-                    .filter(|c| available.iter().any(|a| a == c))
-                    .collect();
-                for c in &wanted {
-                    if !enabled.iter().any(|e| e == c)
-                        && fs::write(candidate.join("cgroup.subtree_control"), format!("+{c}"))
-                            .is_ok()
+                .map(|(_, p)| {
+                    let me = join_rel(&mount, p);
+                    let mut v = vec![me.clone()];
+                    if let Some(up) = me.parent()
+                        && up.starts_with(&mount)
+                        && up != me
                     {
-                        enabled.push((*c).to_owned());
+                        v.push(up.to_path_buf());
                     }
-                }
-                if enabled.iter().any(|c| c == "pids") && enabled.iter().any(|c| c == "memory") {
-                    return CgroupSupport::V2 {
-                        parent: candidate,
-                        controllers: enabled,
-                    };
-                }
-                reasons.push(format!(
-                    "cgroup v2 {} cannot delegate pids+memory to children (subtree_control: {:?}; a cgroup with processes of its own cannot)",
-                    candidate.display(),
-                    enabled
-                ));
-            } else {
+                    v
+                })
+                .unwrap_or_default(),
+        };
+        for candidate in candidates {
+            let available = read_words(&candidate.join("cgroup.controllers"));
+            if !(available.iter().any(|c| c == "pids") && available.iter().any(|c| c == "memory")) {
                 reasons.push(format!(
                     "cgroup v2 {} has no pids/memory controllers (available: {:?})",
                     candidate.display(),
                     available
                 ));
+                continue;
             }
+            let mut enabled = read_words(&candidate.join("cgroup.subtree_control"));
+            for c in ["pids", "memory", "cpu"] {
+                if available.iter().any(|a| a == c)
+                    && !enabled.iter().any(|e| e == c)
+                    && fs::write(candidate.join("cgroup.subtree_control"), format!("+{c}")).is_ok()
+                {
+                    enabled.push(c.to_owned());
+                }
+            }
+            if enabled.iter().any(|c| c == "pids") && enabled.iter().any(|c| c == "memory") {
+                return CgroupSupport::V2 {
+                    parent: candidate,
+                    controllers: enabled,
+                };
+            }
+            reasons.push(format!(
+                "cgroup v2 {} cannot delegate pids+memory to children (subtree_control: {:?})",
+                candidate.display(),
+                enabled
+            ));
         }
     }
     // v1 hierarchies.
