@@ -65,6 +65,37 @@ fn read_words(p: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether children of `candidate` can get the pids and memory controllers (enabling them,
+/// and cpu, in its `cgroup.subtree_control` when needed). Returns the enabled controllers.
+fn v2_usable(candidate: &Path) -> Result<Vec<String>, String> {
+    let available = read_words(&candidate.join("cgroup.controllers"));
+    if !(available.iter().any(|c| c == "pids") && available.iter().any(|c| c == "memory")) {
+        return Err(format!(
+            "cgroup v2 {} has no pids/memory controllers (available: {:?})",
+            candidate.display(),
+            available
+        ));
+    }
+    let mut enabled = read_words(&candidate.join("cgroup.subtree_control"));
+    for c in ["pids", "memory", "cpu"] {
+        if available.iter().any(|a| a == c)
+            && !enabled.iter().any(|e| e == c)
+            && fs::write(candidate.join("cgroup.subtree_control"), format!("+{c}")).is_ok()
+        {
+            enabled.push(c.to_owned());
+        }
+    }
+    if enabled.iter().any(|c| c == "pids") && enabled.iter().any(|c| c == "memory") {
+        Ok(enabled)
+    } else {
+        Err(format!(
+            "cgroup v2 {} cannot delegate pids+memory to children (subtree_control: {:?})",
+            candidate.display(),
+            enabled
+        ))
+    }
+}
+
 /// Find where per-session groups can be created (`parent` overrides the agent's own cgroup
 /// for v2).
 pub(crate) fn detect(parent: Option<&Path>) -> CgroupSupport {
@@ -93,35 +124,15 @@ pub(crate) fn detect(parent: Option<&Path>) -> CgroupSupport {
                 .unwrap_or_default(),
         };
         for candidate in candidates {
-            let available = read_words(&candidate.join("cgroup.controllers"));
-            if !(available.iter().any(|c| c == "pids") && available.iter().any(|c| c == "memory")) {
-                reasons.push(format!(
-                    "cgroup v2 {} has no pids/memory controllers (available: {:?})",
-                    candidate.display(),
-                    available
-                ));
-                continue;
-            }
-            let mut enabled = read_words(&candidate.join("cgroup.subtree_control"));
-            for c in ["pids", "memory", "cpu"] {
-                if available.iter().any(|a| a == c)
-                    && !enabled.iter().any(|e| e == c)
-                    && fs::write(candidate.join("cgroup.subtree_control"), format!("+{c}")).is_ok()
-                {
-                    enabled.push(c.to_owned());
+            match v2_usable(&candidate) {
+                Ok(controllers) => {
+                    return CgroupSupport::V2 {
+                        parent: candidate,
+                        controllers,
+                    };
                 }
+                Err(reason) => reasons.push(reason),
             }
-            if enabled.iter().any(|c| c == "pids") && enabled.iter().any(|c| c == "memory") {
-                return CgroupSupport::V2 {
-                    parent: candidate,
-                    controllers: enabled,
-                };
-            }
-            reasons.push(format!(
-                "cgroup v2 {} cannot delegate pids+memory to children (subtree_control: {:?})",
-                candidate.display(),
-                enabled
-            ));
         }
     }
     // v1 hierarchies.
@@ -353,5 +364,52 @@ impl Drop for SessionCgroup {
             self.kill_all();
             self.remove();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The v2 file protocol, on a directory laid out like a cgroup (this machine's kernel
+    /// mounts the controllers on v1, so the real v2 path cannot run here).
+    #[test]
+    fn v2_group_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().to_path_buf();
+        std::fs::write(
+            parent.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        std::fs::write(parent.join("cgroup.subtree_control"), "").unwrap();
+        let enabled = v2_usable(&parent).unwrap();
+        assert_eq!(enabled, ["pids", "memory", "cpu"]);
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpu io\n").unwrap();
+        assert!(v2_usable(&parent).unwrap_err().contains("no pids/memory"));
+
+        let support = CgroupSupport::V2 {
+            parent: parent.clone(),
+            controllers: enabled,
+        };
+        let limits = Limits {
+            pids_max: Some(64),
+            memory_max: Some(1 << 28),
+            ..Limits::default()
+        };
+        let cg = SessionCgroup::create(&support, &limits).unwrap();
+        let group = cg.dirs[0].clone();
+        assert!(group.starts_with(&parent));
+        let read = |f: &str| std::fs::read_to_string(group.join(f)).unwrap();
+        assert_eq!(read("pids.max"), "64");
+        assert_eq!(read("memory.max"), "268435456");
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("cpu.max"), "100000 100000");
+        assert_eq!(cg.procs_files(), vec![group.join("cgroup.procs")]);
+        assert!(cg.describe().starts_with("cgroup v2: "));
+        // (rmdir of a real cgroup works with its interface files in place; here they are
+        // plain files, so clean up by hand.)
+        std::fs::remove_dir_all(&group).unwrap();
     }
 }
