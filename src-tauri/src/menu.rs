@@ -1,9 +1,10 @@
 //! Pure menu model for the tray: no Tauri types, so it can be unit tested
 //! without a display.
 //!
-//! The shell turns a [`MenuModel`] into native menu items; menu clicks come
-//! back as item ids which [`MenuAction::from_id`] turns into actions. The
-//! real tray fills [`TrayState`] from the agent's event stream later.
+//! [`crate::snapshot`] fills a [`TrayState`] from the agent's control API;
+//! [`MenuModel::build`] turns it into menu entries, the icon variant and the
+//! tooltip; the shell turns those into native items. Menu clicks come back
+//! as item ids which [`MenuAction::from_id`] turns into actions.
 
 use std::fmt;
 
@@ -13,12 +14,24 @@ pub const MAX_LABEL_CHARS: usize = 64;
 
 /// Id of the disabled status line.
 pub const ID_STATUS: &str = "status";
+/// Id of the disabled tunnel line.
+pub const ID_TUNNEL: &str = "tunnel";
+/// Id of the disabled "Servers" heading (or "No MCP servers found").
+pub const ID_SERVERS: &str = "servers";
+/// Id of the "Local sandbox execution" check item.
+pub const ID_SANDBOX: &str = "sandbox";
+/// Id of "Approvals (N)…".
+pub const ID_APPROVALS: &str = "approvals";
 /// Id of "Open Airlock…".
 pub const ID_OPEN: &str = "open";
+/// Id of the "Start at login" check item.
+pub const ID_AUTOSTART: &str = "autostart";
 /// Id of "Quit".
 pub const ID_QUIT: &str = "quit";
-/// Prefix of the per-server toggle ids (`server:<name>`).
+/// Prefix of the per-server expose toggles (`server:<server id>`).
 pub const SERVER_ID_PREFIX: &str = "server:";
+/// Prefix of the per-server "Copy URL" items (`copy:<server id>`).
+pub const COPY_ID_PREFIX: &str = "copy:";
 
 /// What the tray knows about the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -30,20 +43,86 @@ pub enum AgentStatus {
     Connecting,
     /// Connected to a running agent.
     Running,
-    /// Connected, but something needs the user (e.g. a server failed).
+    /// Connected, but something needs the user (pending approvals, tunnel
+    /// down, a server that keeps failing).
     Attention {
         /// Short human-readable reason, shown in the status line.
         reason: String,
     },
+    /// The tray's own agent could not start or stopped with an error.
+    Failed {
+        /// The agent's error, shown in the status line.
+        reason: String,
+    },
+    /// "Quit" was chosen: the agent drains and stops.
+    Stopping,
+}
+
+impl AgentStatus {
+    /// Whether the agent can act on requests (expose, sandbox, approvals).
+    pub fn is_connected(&self) -> bool {
+        matches!(self, AgentStatus::Running | AgentStatus::Attention { .. })
+    }
 }
 
 /// One discovered MCP server as the tray shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerEntry {
-    /// Server name as reported by the agent (unique per agent).
+    /// Stable server id from the agent (names may repeat across configs).
+    pub id: String,
+    /// Server name as reported by the agent.
     pub name: String,
     /// Whether the server is currently exposed to cloud agents.
     pub exposed: bool,
+    /// Whether the agent can expose it at all (public remote servers cannot).
+    pub exposable: bool,
+    /// What "Copy URL" puts on the clipboard: the tunnel URL when the tunnel
+    /// runs, else the loopback gateway URL. `None` while not exposed.
+    pub url: Option<String>,
+}
+
+/// The tunnel as the tray shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TunnelStatus {
+    /// No tunnel configured (loopback only): no tunnel line in the menu.
+    #[default]
+    NotConfigured,
+    /// Configured, cloudflared not up yet (starting, no token stored).
+    Connecting,
+    /// cloudflared runs with this many edge connections.
+    Connected {
+        /// Registered edge connections.
+        connections: u64,
+    },
+    /// Configured but down (backoff, cloudflared missing, stopped).
+    Down {
+        /// Why, as the agent reports it.
+        reason: String,
+    },
+}
+
+/// Local sandbox execution (the environment worker) as the tray shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SandboxStatus {
+    /// The agent has no sandbox API (yet): the checkbox is greyed out.
+    #[default]
+    Unavailable,
+    /// Available and switched off.
+    Off,
+    /// Switched on; `sessions` are the ids of live sessions.
+    On {
+        /// Live session ids (used to notice new sessions).
+        sessions: Vec<String>,
+    },
+}
+
+/// One pending approval (an OAuth client waiting for the person's yes/no).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalEntry {
+    /// Approval id from the agent.
+    pub id: String,
+    /// Who asks (client name, untrusted text) and for which server.
+    pub summary: String,
 }
 
 /// Everything the tray menu is built from.
@@ -53,6 +132,16 @@ pub struct TrayState {
     pub agent: AgentStatus,
     /// Discovered servers, in display order.
     pub servers: Vec<ServerEntry>,
+    /// Tunnel state.
+    pub tunnel: TunnelStatus,
+    /// Local sandbox execution.
+    pub sandbox: SandboxStatus,
+    /// Pending approvals; `None` when the agent has no approvals API.
+    pub approvals: Option<Vec<ApprovalEntry>>,
+    /// "Start at login": `None` when the platform cannot do it.
+    pub autostart: Option<bool>,
+    /// The agent belongs to another process (`airlock up`), not this tray.
+    pub attached: bool,
 }
 
 /// Which of the tray icon variants (`icons/tray-*.png`) fits a state.
@@ -113,49 +202,120 @@ pub struct MenuModel {
     pub tooltip: String,
 }
 
+fn plain(id: impl Into<String>, label: impl Into<String>, enabled: bool) -> MenuEntry {
+    MenuEntry::Item(ItemModel {
+        id: id.into(),
+        label: label.into(),
+        enabled,
+        checked: None,
+    })
+}
+
+fn check(id: impl Into<String>, label: impl Into<String>, enabled: bool, on: bool) -> MenuEntry {
+    MenuEntry::Item(ItemModel {
+        id: id.into(),
+        label: label.into(),
+        enabled,
+        checked: Some(on),
+    })
+}
+
 impl MenuModel {
     /// Builds the menu for `state`.
     pub fn build(state: &TrayState) -> Self {
         let status = status_line(state);
-        let mut entries = vec![
-            MenuEntry::Item(ItemModel {
-                id: ID_STATUS.to_owned(),
-                label: status.clone(),
-                enabled: false,
-                checked: None,
-            }),
-            MenuEntry::Separator,
-        ];
+        let connected = state.agent.is_connected();
+        let mut entries = vec![plain(ID_STATUS, status.clone(), false)];
+        if let Some(line) = tunnel_line(&state.tunnel) {
+            entries.push(plain(ID_TUNNEL, line, false));
+        }
+        entries.push(MenuEntry::Separator);
 
-        if !state.servers.is_empty() {
-            // Toggling only makes sense while the agent can act on it.
-            let can_toggle = matches!(
-                state.agent,
-                AgentStatus::Running | AgentStatus::Attention { .. }
-            );
+        // Servers: a heading, one check item per server, then "Copy URL"
+        // for each exposed one. Shown with the last known state while the
+        // agent is away (greyed out).
+        if state.servers.is_empty() {
+            if connected {
+                entries.push(plain(ID_SERVERS, "No MCP servers found", false));
+                entries.push(MenuEntry::Separator);
+            }
+        } else {
+            entries.push(plain(ID_SERVERS, "Servers", false));
             for server in &state.servers {
-                entries.push(MenuEntry::Item(ItemModel {
-                    id: format!("{SERVER_ID_PREFIX}{}", server.name),
-                    label: truncate(&sanitize(&server.name), MAX_LABEL_CHARS),
-                    enabled: can_toggle,
-                    checked: Some(server.exposed),
-                }));
+                let mut label = clean(&server.name);
+                if !server.exposable {
+                    label = truncate(&format!("{label} (cannot be exposed)"), MAX_LABEL_CHARS);
+                }
+                entries.push(check(
+                    format!("{SERVER_ID_PREFIX}{}", server.id),
+                    label,
+                    connected && server.exposable,
+                    server.exposed,
+                ));
+            }
+            for server in state.servers.iter().filter(|s| s.exposed) {
+                if server.url.is_some() {
+                    entries.push(plain(
+                        format!("{COPY_ID_PREFIX}{}", server.id),
+                        truncate(
+                            &format!("Copy URL — {}", sanitize(&server.name)),
+                            MAX_LABEL_CHARS,
+                        ),
+                        true,
+                    ));
+                }
             }
             entries.push(MenuEntry::Separator);
         }
 
-        entries.push(MenuEntry::Item(ItemModel {
-            id: ID_OPEN.to_owned(),
-            label: "Open Airlock…".to_owned(),
-            enabled: true,
-            checked: None,
-        }));
-        entries.push(MenuEntry::Item(ItemModel {
-            id: ID_QUIT.to_owned(),
-            label: "Quit".to_owned(),
-            enabled: true,
-            checked: None,
-        }));
+        match &state.sandbox {
+            SandboxStatus::Unavailable => entries.push(check(
+                ID_SANDBOX,
+                "Local sandbox execution (not available in this agent)",
+                false,
+                false,
+            )),
+            SandboxStatus::Off => entries.push(check(
+                ID_SANDBOX,
+                "Local sandbox execution",
+                connected,
+                false,
+            )),
+            SandboxStatus::On { sessions } => {
+                let label = match sessions.len() {
+                    0 => "Local sandbox execution".to_owned(),
+                    1 => "Local sandbox execution (1 session)".to_owned(),
+                    n => format!("Local sandbox execution ({n} sessions)"),
+                };
+                entries.push(check(ID_SANDBOX, label, connected, true));
+            }
+        }
+        if let Some(pending) = &state.approvals
+            && !pending.is_empty()
+        {
+            entries.push(plain(
+                ID_APPROVALS,
+                format!("Approvals ({})…", pending.len()),
+                true,
+            ));
+        }
+        entries.push(MenuEntry::Separator);
+
+        entries.push(plain(ID_OPEN, "Open Airlock…", connected));
+        if let Some(on) = state.autostart {
+            entries.push(check(ID_AUTOSTART, "Start at login", true, on));
+        }
+        let quit = if state.attached {
+            // The agent belongs to `airlock up`: quitting leaves it running.
+            "Quit tray (agent keeps running)"
+        } else {
+            "Quit"
+        };
+        entries.push(plain(
+            ID_QUIT,
+            quit,
+            state.agent != AgentStatus::Stopping,
+        ));
 
         MenuModel {
             entries,
@@ -171,6 +331,11 @@ impl MenuModel {
             MenuEntry::Separator => None,
         })
     }
+
+    /// The item with this id.
+    pub fn item(&self, id: &str) -> Option<&ItemModel> {
+        self.items().find(|item| item.id == id)
+    }
 }
 
 /// What a click on a menu item asks the shell to do.
@@ -178,23 +343,40 @@ impl MenuModel {
 pub enum MenuAction {
     /// Show and focus the main window.
     Open,
-    /// Quit the tray app.
+    /// Show the Approvals view.
+    OpenApprovals,
+    /// Quit the tray app (stopping its own agent gracefully).
     Quit,
-    /// Flip the exposure of the named server.
+    /// Flip the exposure of the server with this id.
     ToggleServer(String),
+    /// Copy the URL of the server with this id.
+    CopyUrl(String),
+    /// Flip local sandbox execution.
+    ToggleSandbox,
+    /// Flip "Start at login".
+    ToggleAutostart,
 }
 
 impl MenuAction {
     /// Maps a clicked item id back to an action; `None` for ids that carry
-    /// no action (the status line) or are unknown.
+    /// no action (status lines, headings) or are unknown.
     pub fn from_id(id: &str) -> Option<Self> {
         match id {
             ID_OPEN => Some(MenuAction::Open),
+            ID_APPROVALS => Some(MenuAction::OpenApprovals),
             ID_QUIT => Some(MenuAction::Quit),
-            _ => id
-                .strip_prefix(SERVER_ID_PREFIX)
-                .filter(|name| !name.is_empty())
-                .map(|name| MenuAction::ToggleServer(name.to_owned())),
+            ID_SANDBOX => Some(MenuAction::ToggleSandbox),
+            ID_AUTOSTART => Some(MenuAction::ToggleAutostart),
+            _ => {
+                let with_prefix = |prefix: &str| {
+                    id.strip_prefix(prefix)
+                        .filter(|rest| !rest.is_empty())
+                        .map(str::to_owned)
+                };
+                with_prefix(SERVER_ID_PREFIX)
+                    .map(MenuAction::ToggleServer)
+                    .or_else(|| with_prefix(COPY_ID_PREFIX).map(MenuAction::CopyUrl))
+            }
         }
     }
 }
@@ -203,8 +385,12 @@ impl fmt::Display for MenuAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MenuAction::Open => f.write_str("open"),
+            MenuAction::OpenApprovals => f.write_str("open approvals"),
             MenuAction::Quit => f.write_str("quit"),
-            MenuAction::ToggleServer(name) => write!(f, "toggle server {name:?}"),
+            MenuAction::ToggleServer(id) => write!(f, "toggle server {id:?}"),
+            MenuAction::CopyUrl(id) => write!(f, "copy the URL of server {id:?}"),
+            MenuAction::ToggleSandbox => f.write_str("toggle local sandbox execution"),
+            MenuAction::ToggleAutostart => f.write_str("toggle start at login"),
         }
     }
 }
@@ -212,10 +398,19 @@ impl fmt::Display for MenuAction {
 /// Icon variant for an agent status.
 pub fn icon_for(status: &AgentStatus) -> TrayIconKind {
     match status {
-        AgentStatus::NotRunning => TrayIconKind::Off,
+        AgentStatus::NotRunning | AgentStatus::Stopping => TrayIconKind::Off,
         AgentStatus::Connecting => TrayIconKind::Connecting,
         AgentStatus::Running => TrayIconKind::Connected,
-        AgentStatus::Attention { .. } => TrayIconKind::Attention,
+        AgentStatus::Attention { .. } | AgentStatus::Failed { .. } => TrayIconKind::Attention,
+    }
+}
+
+fn with_reason(prefix: &str, reason: &str, fallback: &str) -> String {
+    let reason = sanitize(reason);
+    if reason.is_empty() {
+        fallback.to_owned()
+    } else {
+        truncate(&format!("{prefix}{reason}"), MAX_LABEL_CHARS)
     }
 }
 
@@ -223,6 +418,7 @@ fn status_line(state: &TrayState) -> String {
     match &state.agent {
         AgentStatus::NotRunning => "Airlock — agent not running".to_owned(),
         AgentStatus::Connecting => "Airlock — connecting to agent…".to_owned(),
+        AgentStatus::Stopping => "Airlock — stopping the agent…".to_owned(),
         AgentStatus::Running => {
             let total = state.servers.len();
             let exposed = state.servers.iter().filter(|s| s.exposed).count();
@@ -230,14 +426,31 @@ fn status_line(state: &TrayState) -> String {
             format!("Airlock — {exposed} of {total} {noun} exposed")
         }
         AgentStatus::Attention { reason } => {
-            let reason = sanitize(reason);
-            if reason.is_empty() {
-                "Airlock — needs attention".to_owned()
-            } else {
-                truncate(&format!("Airlock — {reason}"), MAX_LABEL_CHARS)
-            }
+            with_reason("Airlock — ", reason, "Airlock — needs attention")
         }
+        AgentStatus::Failed { reason } => with_reason(
+            "Airlock — agent stopped: ",
+            reason,
+            "Airlock — agent stopped",
+        ),
     }
+}
+
+fn tunnel_line(tunnel: &TunnelStatus) -> Option<String> {
+    Some(match tunnel {
+        TunnelStatus::NotConfigured => return None,
+        TunnelStatus::Connecting => "Tunnel: connecting…".to_owned(),
+        TunnelStatus::Connected { connections: 1 } => "Tunnel: connected (1 connection)".to_owned(),
+        TunnelStatus::Connected { connections } => {
+            format!("Tunnel: connected ({connections} connections)")
+        }
+        TunnelStatus::Down { reason } => with_reason("Tunnel: down — ", reason, "Tunnel: down"),
+    })
+}
+
+/// A one-line, length-limited label from untrusted text.
+pub fn clean(text: &str) -> String {
+    truncate(&sanitize(text), MAX_LABEL_CHARS)
 }
 
 /// Makes text from outside (agent, config files) safe for a one-line menu
@@ -285,17 +498,47 @@ mod tests {
 
     fn item<'a>(model: &'a MenuModel, id: &str) -> &'a ItemModel {
         model
-            .items()
-            .find(|i| i.id == id)
+            .item(id)
             .unwrap_or_else(|| panic!("no item {id:?} in {model:?}"))
     }
 
+    fn server(id: &str, name: &str, exposed: bool) -> ServerEntry {
+        ServerEntry {
+            id: id.into(),
+            name: name.into(),
+            exposed,
+            exposable: true,
+            url: exposed.then(|| format!("http://127.0.0.1:4000/{name}/mcp")),
+        }
+    }
+
+    fn running(servers: Vec<ServerEntry>) -> TrayState {
+        TrayState {
+            agent: AgentStatus::Running,
+            servers,
+            ..TrayState::default()
+        }
+    }
+
+    fn separators(model: &MenuModel) -> usize {
+        model
+            .entries
+            .iter()
+            .filter(|e| **e == MenuEntry::Separator)
+            .count()
+    }
+
     #[test]
-    fn default_state_is_the_minimal_shell_menu() {
+    fn default_state_is_the_agentless_menu() {
         let model = MenuModel::build(&TrayState::default());
         assert_eq!(
             labels(&model),
-            ["Airlock — agent not running", "Open Airlock…", "Quit"]
+            [
+                "Airlock — agent not running",
+                "Local sandbox execution (not available in this agent)",
+                "Open Airlock…",
+                "Quit"
+            ]
         );
         assert_eq!(
             model.entries[1],
@@ -305,62 +548,69 @@ mod tests {
         let status = item(&model, ID_STATUS);
         assert!(!status.enabled, "status line must be disabled");
         assert_eq!(status.checked, None);
-        assert!(item(&model, ID_OPEN).enabled);
+        assert!(
+            !item(&model, ID_OPEN).enabled,
+            "no agent, no UI to open: Open is greyed out"
+        );
         assert!(item(&model, ID_QUIT).enabled);
+        assert!(model.item(ID_TUNNEL).is_none(), "no tunnel line");
+        assert!(model.item(ID_APPROVALS).is_none(), "no approvals API");
+        assert!(model.item(ID_AUTOSTART).is_none());
         assert_eq!(model.icon, TrayIconKind::Off);
         assert_eq!(model.tooltip, "Airlock — agent not running");
     }
 
     #[test]
-    fn running_agent_lists_servers_as_check_items() {
-        let state = TrayState {
-            agent: AgentStatus::Running,
-            servers: vec![
-                ServerEntry {
-                    name: "github".into(),
-                    exposed: true,
-                },
-                ServerEntry {
-                    name: "filesystem".into(),
-                    exposed: false,
-                },
-            ],
-        };
+    fn running_agent_lists_servers_as_check_items_with_copy_urls() {
+        let state = running(vec![
+            server("a1", "github", true),
+            server("b2", "filesystem", false),
+        ]);
         let model = MenuModel::build(&state);
         assert_eq!(
             labels(&model),
             [
                 "Airlock — 1 of 2 servers exposed",
+                "Servers",
                 "github",
                 "filesystem",
+                "Copy URL — github",
+                "Local sandbox execution (not available in this agent)",
                 "Open Airlock…",
                 "Quit"
             ]
         );
-        let github = item(&model, "server:github");
+        assert!(!item(&model, ID_SERVERS).enabled, "heading is not clickable");
+        let github = item(&model, "server:a1");
         assert_eq!(github.checked, Some(true));
         assert!(github.enabled);
-        let fs = item(&model, "server:filesystem");
+        let fs = item(&model, "server:b2");
         assert_eq!(fs.checked, Some(false));
         assert!(fs.enabled);
-        let separators = model
-            .entries
-            .iter()
-            .filter(|e| **e == MenuEntry::Separator)
-            .count();
-        assert_eq!(separators, 2);
+        let copy = item(&model, "copy:a1");
+        assert!(copy.enabled);
+        assert_eq!(copy.checked, None);
+        assert!(
+            model.item("copy:b2").is_none(),
+            "no Copy URL for an unexposed server"
+        );
+        assert_eq!(separators(&model), 3);
+        assert!(item(&model, ID_OPEN).enabled);
         assert_eq!(model.icon, TrayIconKind::Connected);
     }
 
     #[test]
+    fn no_servers_says_so_while_connected() {
+        let model = MenuModel::build(&running(vec![]));
+        let heading = item(&model, ID_SERVERS);
+        assert_eq!(heading.label, "No MCP servers found");
+        assert!(!heading.enabled);
+        assert_eq!(model.tooltip, "Airlock — 0 of 0 servers exposed");
+    }
+
+    #[test]
     fn singular_server_wording() {
-        let state = TrayState {
-            agent: AgentStatus::Running,
-            servers: vec![ServerEntry {
-                name: "one".into(),
-                exposed: true,
-            }],
-        };
+        let state = running(vec![server("x", "one", true)]);
         assert_eq!(
             MenuModel::build(&state).tooltip,
             "Airlock — 1 of 1 server exposed"
@@ -369,28 +619,155 @@ mod tests {
 
     #[test]
     fn servers_cannot_be_toggled_without_an_agent() {
-        for agent in [AgentStatus::NotRunning, AgentStatus::Connecting] {
+        for agent in [
+            AgentStatus::NotRunning,
+            AgentStatus::Connecting,
+            AgentStatus::Stopping,
+            AgentStatus::Failed {
+                reason: "port taken".into(),
+            },
+        ] {
             let state = TrayState {
                 agent: agent.clone(),
-                servers: vec![ServerEntry {
-                    name: "github".into(),
-                    exposed: true,
-                }],
+                servers: vec![server("a1", "github", true)],
+                sandbox: SandboxStatus::Off,
+                ..TrayState::default()
             };
             let model = MenuModel::build(&state);
-            let github = item(&model, "server:github");
+            let github = item(&model, "server:a1");
             assert!(!github.enabled, "{agent:?} must disable toggles");
             assert_eq!(github.checked, Some(true), "last known state still shown");
+            assert!(!item(&model, ID_SANDBOX).enabled, "{agent:?}");
+            assert!(!item(&model, ID_OPEN).enabled, "{agent:?}");
         }
+    }
+
+    #[test]
+    fn unexposable_servers_are_greyed_out_and_say_why() {
+        let mut remote = server("r", "public-api", false);
+        remote.exposable = false;
+        let model = MenuModel::build(&running(vec![remote]));
+        let entry = item(&model, "server:r");
+        assert!(!entry.enabled);
+        assert_eq!(entry.label, "public-api (cannot be exposed)");
+    }
+
+    #[test]
+    fn sandbox_checkbox_follows_the_agent() {
+        let mut state = running(vec![]);
+        let unavailable = MenuModel::build(&state);
+        let sandbox = item(&unavailable, ID_SANDBOX);
+        assert!(!sandbox.enabled, "greyed out without the sandbox API");
+        assert_eq!(sandbox.checked, Some(false));
+        assert!(sandbox.label.contains("not available"), "{}", sandbox.label);
+
+        state.sandbox = SandboxStatus::Off;
+        let off = MenuModel::build(&state);
+        let sandbox = item(&off, ID_SANDBOX);
+        assert!(sandbox.enabled);
+        assert_eq!(sandbox.checked, Some(false));
+        assert_eq!(sandbox.label, "Local sandbox execution");
+
+        state.sandbox = SandboxStatus::On { sessions: vec![] };
+        assert_eq!(
+            item(&MenuModel::build(&state), ID_SANDBOX).checked,
+            Some(true)
+        );
+        state.sandbox = SandboxStatus::On {
+            sessions: vec!["s1".into()],
+        };
+        assert_eq!(
+            item(&MenuModel::build(&state), ID_SANDBOX).label,
+            "Local sandbox execution (1 session)"
+        );
+        state.sandbox = SandboxStatus::On {
+            sessions: vec!["s1".into(), "s2".into(), "s3".into()],
+        };
+        assert_eq!(
+            item(&MenuModel::build(&state), ID_SANDBOX).label,
+            "Local sandbox execution (3 sessions)"
+        );
+    }
+
+    #[test]
+    fn approvals_item_counts_pending_requests_and_hides_when_none() {
+        let approval = |id: &str| ApprovalEntry {
+            id: id.into(),
+            summary: "Claude wants github".into(),
+        };
+        let mut state = running(vec![]);
+        assert!(MenuModel::build(&state).item(ID_APPROVALS).is_none());
+        state.approvals = Some(vec![]);
+        assert!(
+            MenuModel::build(&state).item(ID_APPROVALS).is_none(),
+            "nothing pending: no item"
+        );
+        state.approvals = Some(vec![approval("a"), approval("b")]);
+        let model = MenuModel::build(&state);
+        let approvals = item(&model, ID_APPROVALS);
+        assert_eq!(approvals.label, "Approvals (2)…");
+        assert!(approvals.enabled);
+        assert_eq!(
+            MenuAction::from_id(&approvals.id),
+            Some(MenuAction::OpenApprovals)
+        );
+    }
+
+    #[test]
+    fn tunnel_line_shows_the_tunnel_state() {
+        let mut state = running(vec![]);
+        let line = |state: &TrayState| {
+            let model = MenuModel::build(state);
+            let tunnel = item(&model, ID_TUNNEL);
+            assert!(!tunnel.enabled);
+            tunnel.label.clone()
+        };
+        state.tunnel = TunnelStatus::Connecting;
+        assert_eq!(line(&state), "Tunnel: connecting…");
+        state.tunnel = TunnelStatus::Connected { connections: 1 };
+        assert_eq!(line(&state), "Tunnel: connected (1 connection)");
+        state.tunnel = TunnelStatus::Connected { connections: 4 };
+        assert_eq!(line(&state), "Tunnel: connected (4 connections)");
+        state.tunnel = TunnelStatus::Down {
+            reason: "cloudflared\nnot installed".into(),
+        };
+        assert_eq!(line(&state), "Tunnel: down — cloudflared not installed");
+        state.tunnel = TunnelStatus::Down { reason: "".into() };
+        assert_eq!(line(&state), "Tunnel: down");
+    }
+
+    #[test]
+    fn autostart_and_attached_quit_labels() {
+        let mut state = running(vec![]);
+        state.autostart = Some(true);
+        let model = MenuModel::build(&state);
+        let autostart = item(&model, ID_AUTOSTART);
+        assert_eq!(autostart.checked, Some(true));
+        assert_eq!(item(&model, ID_QUIT).label, "Quit");
+        state.attached = true;
+        state.autostart = Some(false);
+        let model = MenuModel::build(&state);
+        assert_eq!(item(&model, ID_AUTOSTART).checked, Some(false));
+        assert_eq!(
+            item(&model, ID_QUIT).label,
+            "Quit tray (agent keeps running)"
+        );
+        state.agent = AgentStatus::Stopping;
+        assert!(!item(&MenuModel::build(&state), ID_QUIT).enabled);
     }
 
     #[test]
     fn icon_follows_status() {
         assert_eq!(icon_for(&AgentStatus::NotRunning), TrayIconKind::Off);
+        assert_eq!(icon_for(&AgentStatus::Stopping), TrayIconKind::Off);
         assert_eq!(icon_for(&AgentStatus::Connecting), TrayIconKind::Connecting);
         assert_eq!(icon_for(&AgentStatus::Running), TrayIconKind::Connected);
         assert_eq!(
             icon_for(&AgentStatus::Attention { reason: "x".into() }),
+            TrayIconKind::Attention
+        );
+        assert_eq!(
+            icon_for(&AgentStatus::Failed { reason: "x".into() }),
             TrayIconKind::Attention
         );
         let names = [
@@ -431,7 +808,7 @@ mod tests {
             agent: AgentStatus::Attention {
                 reason: "server\n\t'github'   failed:\u{7} ".to_owned() + &"x".repeat(200),
             },
-            servers: vec![],
+            ..TrayState::default()
         };
         let model = MenuModel::build(&state);
         let status = &item(&model, ID_STATUS).label;
@@ -445,40 +822,56 @@ mod tests {
             agent: AgentStatus::Attention {
                 reason: " \n ".into(),
             },
-            servers: vec![],
+            ..TrayState::default()
         };
         assert_eq!(
             MenuModel::build(&blank).tooltip,
             "Airlock — needs attention"
         );
+        let failed = TrayState {
+            agent: AgentStatus::Failed {
+                reason: "cannot listen on 127.0.0.1:4000".into(),
+            },
+            ..TrayState::default()
+        };
+        assert_eq!(
+            MenuModel::build(&failed).tooltip,
+            "Airlock — agent stopped: cannot listen on 127.0.0.1:4000"
+        );
     }
 
     #[test]
-    fn long_server_names_are_cut_but_ids_keep_the_full_name() {
+    fn long_server_names_are_cut_but_ids_keep_the_full_id() {
         let name = "n".repeat(100);
-        let state = TrayState {
-            agent: AgentStatus::Running,
-            servers: vec![ServerEntry {
-                name: name.clone(),
-                exposed: false,
-            }],
-        };
+        let id = "i".repeat(100);
+        let state = running(vec![server(&id, &name, true)]);
         let model = MenuModel::build(&state);
-        let entry = item(&model, &format!("server:{name}"));
+        let entry = item(&model, &format!("server:{id}"));
         assert_eq!(entry.label.chars().count(), MAX_LABEL_CHARS);
         assert_eq!(
             MenuAction::from_id(&entry.id),
-            Some(MenuAction::ToggleServer(name))
+            Some(MenuAction::ToggleServer(id.clone()))
         );
+        let copy = item(&model, &format!("copy:{id}"));
+        assert_eq!(copy.label.chars().count(), MAX_LABEL_CHARS);
+        assert_eq!(MenuAction::from_id(&copy.id), Some(MenuAction::CopyUrl(id)));
     }
 
     #[test]
     fn ids_map_back_to_actions() {
         assert_eq!(MenuAction::from_id(ID_OPEN), Some(MenuAction::Open));
         assert_eq!(MenuAction::from_id(ID_QUIT), Some(MenuAction::Quit));
-        assert_eq!(MenuAction::from_id(ID_STATUS), None);
-        assert_eq!(MenuAction::from_id("server:"), None);
-        assert_eq!(MenuAction::from_id("bogus"), None);
+        assert_eq!(
+            MenuAction::from_id(ID_SANDBOX),
+            Some(MenuAction::ToggleSandbox)
+        );
+        assert_eq!(
+            MenuAction::from_id(ID_AUTOSTART),
+            Some(MenuAction::ToggleAutostart)
+        );
+        for inert in [ID_STATUS, ID_TUNNEL, ID_SERVERS, "server:", "copy:", "bogus"] {
+            assert_eq!(MenuAction::from_id(inert), None, "{inert}");
+        }
         assert_eq!(
             MenuAction::from_id("server:a:b"),
             Some(MenuAction::ToggleServer("a:b".into()))
@@ -486,17 +879,27 @@ mod tests {
         // Every enabled item of a full menu maps to an action.
         let state = TrayState {
             agent: AgentStatus::Running,
-            servers: vec![ServerEntry {
-                name: "s".into(),
-                exposed: true,
-            }],
+            servers: vec![server("s", "s", true)],
+            tunnel: TunnelStatus::Connected { connections: 2 },
+            sandbox: SandboxStatus::Off,
+            approvals: Some(vec![ApprovalEntry {
+                id: "p".into(),
+                summary: "x".into(),
+            }]),
+            autostart: Some(false),
+            attached: false,
         };
-        for item in MenuModel::build(&state).items().filter(|i| i.enabled) {
+        let model = MenuModel::build(&state);
+        assert_eq!(model.items().filter(|i| i.enabled).count(), 7);
+        for item in model.items().filter(|i| i.enabled) {
             assert!(
                 MenuAction::from_id(&item.id).is_some(),
                 "{:?} has no action",
                 item.id
             );
+        }
+        for item in model.items().filter(|i| !i.enabled) {
+            assert_eq!(MenuAction::from_id(&item.id), None, "{:?}", item.id);
         }
     }
 

@@ -1,29 +1,81 @@
-//! Tauri glue: turns the pure [`crate::menu`] model into a native tray menu
-//! and wires clicks to window/app actions. No business logic here.
+//! Tauri glue: turns the pure [`crate::menu`] model into a native tray menu,
+//! wires clicks to [`crate::link`] intents and window actions, and shows the
+//! agent's web UI in a window. No business logic here.
+//!
+//! The window loads the UI from the agent's control API origin
+//! (`http://127.0.0.1:<port>/#code=<one-time code>`, exactly what
+//! `airlock ui` opens): the page trades the code for its session cookie and
+//! never sees the API token. The page is a remote origin for Tauri, and no
+//! capability names it, so it gets no Tauri IPC at all; navigation is held to
+//! that origin and new windows are refused.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
+use airlock_agent::AirlockHome;
 use tauri::image::Image;
 use tauri::menu::{CheckMenuItem, Menu, MenuEvent, MenuItem, PredefinedMenuItem};
 use tauri::tray::TrayIconBuilder;
-use tauri::{AppHandle, Manager, RunEvent, Runtime, WindowEvent};
+use tauri::webview::{NewWindowResponse, PageLoadEvent};
+use tauri::{AppHandle, Manager, RunEvent, Runtime, WebviewUrl, WebviewWindowBuilder};
+use tauri_plugin_autostart::ManagerExt as _;
+use tauri_plugin_clipboard_manager::ClipboardExt as _;
+use tauri_plugin_notification::NotificationExt as _;
 
-use crate::menu::{MenuAction, MenuEntry, MenuModel, TrayIconKind, TrayState, native_label};
+use crate::link::{Intent, Link, LinkOptions};
+use crate::menu::{
+    AgentStatus, MenuAction, MenuEntry, MenuModel, SandboxStatus, TrayIconKind, TrayState,
+    native_label,
+};
+use crate::snapshot::Notice;
 
 /// Id of the single tray icon.
 pub const TRAY_ID: &str = "airlock";
-/// Label of the main window (see `tauri.conf.json`).
+/// Label of the main window.
 const MAIN_WINDOW: &str = "main";
-/// Set to `1` to show the main window at start (the window is hidden by
-/// default; a tray app lives in the tray).
+/// Set to `1` to open the main window at start (the app otherwise lives in
+/// the tray and creates the window on "Open Airlock…").
 pub const SHOW_ENV: &str = "AIRLOCK_TRAY_SHOW";
+/// Set to `1` to only attach to an agent started elsewhere (`airlock up`),
+/// never running one in-process.
+pub const ATTACH_ONLY_ENV: &str = "AIRLOCK_TRAY_ATTACH_ONLY";
+/// Set by `tauri-driver`: the window must exist from the start so WebDriver
+/// can take it over.
+const AUTOMATION_ENV: &str = "TAURI_WEBVIEW_AUTOMATION";
 
-/// The tray's menu handle plus the state it currently shows. On Linux a tray
-/// menu cannot be replaced once set, only its content changed, so the menu
-/// object is kept and refilled.
-struct TrayMenu<R: Runtime> {
+/// Why the tray could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    /// `AIRLOCK_HOME` could not be resolved.
+    #[error("{0}")]
+    Home(#[from] airlock_agent::AgentError),
+    /// The tokio runtime for the agent could not be built.
+    #[error("cannot start the agent's runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+    /// Tauri failed (no display, WebKitGTK missing, …).
+    #[error(transparent)]
+    Tauri(#[from] tauri::Error),
+}
+
+/// Shell state managed by Tauri.
+struct Shell<R: Runtime> {
     menu: Menu<R>,
+    /// What the menu shows now (redrawn after a click flips a check mark).
     state: Mutex<TrayState>,
+    /// `None` once Quit started.
+    link: Mutex<Option<Link>>,
+    runtime: tokio::runtime::Handle,
+    /// The control API origin the window may show (`http://127.0.0.1:<port>`).
+    origin: std::sync::Arc<Mutex<Option<String>>>,
+    /// A view to switch to once the page has loaded (`approvals`).
+    pending_view: std::sync::Arc<Mutex<Option<&'static str>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means an earlier update panicked; every value
+    // behind these locks is replaced wholesale, so the guard is safe to use.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn tray_image(kind: TrayIconKind) -> Image<'static> {
@@ -35,7 +87,8 @@ fn tray_image(kind: TrayIconKind) -> Image<'static> {
     }
 }
 
-/// Replaces the content of `menu` with the entries of `model`.
+/// Replaces the content of `menu` with the entries of `model`. (On Linux a
+/// tray menu cannot be replaced once set, only refilled.)
 fn fill_menu<R: Runtime>(
     app: &AppHandle<R>,
     menu: &Menu<R>,
@@ -70,19 +123,12 @@ fn fill_menu<R: Runtime>(
     Ok(())
 }
 
-/// Shows `state` in the tray: menu, icon and tooltip. The real tray calls
-/// this from its agent event loop.
+/// Shows `state` in the tray: menu, icon and tooltip.
 pub fn apply_state<R: Runtime>(app: &AppHandle<R>, state: TrayState) -> tauri::Result<()> {
     let model = MenuModel::build(&state);
-    if let Some(tray_menu) = app.try_state::<TrayMenu<R>>() {
-        fill_menu(app, &tray_menu.menu, &model)?;
-        // A poisoned lock only means an earlier update panicked; the state
-        // is replaced wholesale, so recovering the guard is safe.
-        let mut current = tray_menu
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *current = state;
+    if let Some(shell) = app.try_state::<Shell<R>>() {
+        fill_menu(app, &shell.menu, &model)?;
+        *lock(&shell.state) = state;
     }
     if let Some(tray) = app.tray_by_id(TRAY_ID) {
         tray.set_icon(Some(tray_image(model.icon)))?;
@@ -91,50 +137,312 @@ pub fn apply_state<R: Runtime>(app: &AppHandle<R>, state: TrayState) -> tauri::R
     Ok(())
 }
 
-fn show_main_window<R: Runtime>(app: &AppHandle<R>) {
-    let Some(window) = app.get_webview_window(MAIN_WINDOW) else {
-        eprintln!("airlock-tray: main window {MAIN_WINDOW:?} is missing");
+fn redraw<R: Runtime>(app: &AppHandle<R>) {
+    if let Some(shell) = app.try_state::<Shell<R>>() {
+        let state = lock(&shell.state).clone();
+        if let Err(err) = apply_state(app, state) {
+            tracing::warn!("cannot refresh the tray menu: {err}");
+        }
+    }
+}
+
+fn notify<R: Runtime>(app: &AppHandle<R>, notice: &Notice) {
+    let result = app
+        .notification()
+        .builder()
+        .title(&notice.title)
+        .body(&notice.body)
+        .show();
+    if let Err(err) = result {
+        tracing::warn!("cannot show a notification ({}): {err}", notice.title);
+    }
+}
+
+/// `http://127.0.0.1:<port>` of a login link.
+fn origin_of(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?;
+    let host_port = rest.split(['/', '#', '?']).next()?;
+    Some(format!("http://{host_port}"))
+}
+
+/// Whether the window may show `url`: the agent's own origin, or the blank
+/// page it starts on under automation.
+fn allowed(origin: &Mutex<Option<String>>, url: &tauri::Url) -> bool {
+    if url.as_str() == "about:blank" {
+        return true;
+    }
+    let Some(origin) = lock(origin).clone() else {
+        return false;
+    };
+    let here = format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or_default()
+    );
+    here == origin
+}
+
+/// Creates the main window (hidden unless `visible`) on `url`.
+fn create_window<R: Runtime>(
+    app: &AppHandle<R>,
+    url: tauri::Url,
+    visible: bool,
+) -> tauri::Result<tauri::WebviewWindow<R>> {
+    let shell = app.state::<Shell<R>>();
+    let origin = shell.origin.clone();
+    let pending = shell.pending_view.clone();
+    WebviewWindowBuilder::new(app, MAIN_WINDOW, WebviewUrl::External(url))
+        .title("Airlock")
+        .inner_size(1040.0, 720.0)
+        .min_inner_size(640.0, 420.0)
+        .center()
+        .visible(visible)
+        .on_navigation(move |url| {
+            let ok = allowed(&origin, url);
+            if !ok {
+                tracing::warn!(%url, "the window may only show the agent's UI; navigation refused");
+            }
+            ok
+        })
+        .on_new_window(|url, _| {
+            tracing::warn!(%url, "the UI asked for a new window; refused");
+            NewWindowResponse::Deny
+        })
+        .on_page_load(move |window, payload| {
+            if payload.event() != PageLoadEvent::Finished {
+                return;
+            }
+            if let Some(view) = lock(&pending).take() {
+                // The page reads its view from the fragment (`#/<view>`).
+                if let Err(err) = window.eval(format!("location.hash = '#/{view}'")) {
+                    tracing::warn!("cannot switch the UI to {view}: {err}");
+                }
+            }
+        })
+        .build()
+}
+
+/// Shows the UI: reuses the window when it is open, else asks the agent for
+/// a one-time login link and opens a window on it.
+fn open_ui<R: Runtime>(app: &AppHandle<R>, view: Option<&'static str>) {
+    let shell = app.state::<Shell<R>>();
+    if let Some(window) = app.get_webview_window(MAIN_WINDOW)
+        && lock(&shell.origin).is_some()
+        && window
+            .url()
+            .is_ok_and(|url| url.scheme() == "http" && allowed(&shell.origin, &url))
+    {
+        if let Some(view) = view
+            && let Err(err) = window.eval(format!("location.hash = '#/{view}'"))
+        {
+            tracing::warn!("cannot switch the UI to {view}: {err}");
+        }
+        show(&window);
+        return;
+    }
+    *lock(&shell.pending_view) = view;
+    let app = app.clone();
+    let runtime = shell.runtime.clone();
+    runtime.spawn(async move {
+        let Some(url) = login_url(&app).await else {
+            return;
+        };
+        let main_thread = app.clone();
+        let result = app.run_on_main_thread(move || navigate(&main_thread, &url, true));
+        if let Err(err) = result {
+            tracing::warn!("cannot open the window: {err}");
+        }
+    });
+}
+
+async fn login_url<R: Runtime>(app: &AppHandle<R>) -> Option<String> {
+    let shell = app.state::<Shell<R>>();
+    let pending = {
+        let link = lock(&shell.link);
+        let link = link.as_ref()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Err(err) = link.send(Intent::LoginUrl(tx)) {
+            tracing::warn!("cannot open Airlock: {err}");
+            return None;
+        }
+        rx
+    };
+    match pending.await {
+        Ok(Ok(url)) => Some(url),
+        Ok(Err(err)) => {
+            tracing::warn!("cannot open Airlock: {err}");
+            notify(
+                app,
+                &Notice {
+                    kind: crate::snapshot::NoticeKind::ActionFailed,
+                    title: "Airlock: cannot open the UI".to_owned(),
+                    body: err.to_string(),
+                },
+            );
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Points the main window (created if needed) at a login link.
+fn navigate<R: Runtime>(app: &AppHandle<R>, login: &str, visible: bool) {
+    let shell = app.state::<Shell<R>>();
+    let Some(origin) = origin_of(login) else {
+        tracing::warn!("the agent sent a login link that is not http://: refused");
         return;
     };
+    *lock(&shell.origin) = Some(origin);
+    let url = match tauri::Url::parse(login) {
+        Ok(url) => url,
+        Err(err) => {
+            tracing::warn!("the agent sent a malformed login link: {err}");
+            return;
+        }
+    };
+    let window = match app.get_webview_window(MAIN_WINDOW) {
+        Some(window) => {
+            if let Err(err) = window.navigate(url) {
+                tracing::warn!("cannot load the UI: {err}");
+            }
+            window
+        }
+        None => match create_window(app, url, visible) {
+            Ok(window) => window,
+            Err(err) => {
+                tracing::warn!("cannot open the window: {err}");
+                return;
+            }
+        },
+    };
+    if visible {
+        show(&window);
+    }
+}
+
+fn show<R: Runtime>(window: &tauri::WebviewWindow<R>) {
     let result = window
         .show()
         .and_then(|()| window.unminimize())
         .and_then(|()| window.set_focus());
     if let Err(err) = result {
-        eprintln!("airlock-tray: cannot show the main window: {err}");
+        tracing::warn!("cannot show the window: {err}");
     }
+}
+
+fn send<R: Runtime>(app: &AppHandle<R>, intent: Intent) {
+    let shell = app.state::<Shell<R>>();
+    let result = match lock(&shell.link).as_ref() {
+        Some(link) => link.send(intent),
+        None => Err(crate::link::LinkError::Closed),
+    };
+    if let Err(err) = result {
+        tracing::warn!("{err}");
+        redraw(app);
+    }
+}
+
+fn copy_url<R: Runtime>(app: &AppHandle<R>, id: &str) {
+    let shell = app.state::<Shell<R>>();
+    let url = lock(&shell.state)
+        .servers
+        .iter()
+        .find(|s| s.id == id)
+        .and_then(|s| s.url.clone());
+    match url {
+        Some(url) => {
+            if let Err(err) = app.clipboard().write_text(url) {
+                tracing::warn!("cannot write to the clipboard: {err}");
+            }
+        }
+        None => tracing::warn!("server {id} has no URL (not exposed)"),
+    }
+}
+
+fn toggle_autostart<R: Runtime>(app: &AppHandle<R>) {
+    let autolaunch = app.autolaunch();
+    let result = autolaunch
+        .is_enabled()
+        .and_then(|on| if on { autolaunch.disable() } else { autolaunch.enable() })
+        .and_then(|()| autolaunch.is_enabled());
+    match result {
+        Ok(on) => send(app, Intent::Autostart(Some(on))),
+        Err(err) => {
+            tracing::warn!("cannot change start at login: {err}");
+            redraw(app);
+        }
+    }
+}
+
+/// Quit: stop following (and stop our own agent, gracefully), then exit.
+pub fn quit<R: Runtime>(app: &AppHandle<R>) {
+    let shell = app.state::<Shell<R>>();
+    let Some(link) = lock(&shell.link).take() else {
+        return; // already quitting
+    };
+    let mut stopping = lock(&shell.state).clone();
+    stopping.agent = AgentStatus::Stopping;
+    if let Err(err) = apply_state(app, stopping) {
+        tracing::warn!("cannot refresh the tray menu: {err}");
+    }
+    let app = app.clone();
+    shell.runtime.spawn(async move {
+        link.shutdown().await;
+        app.exit(0);
+    });
 }
 
 fn on_menu_event<R: Runtime>(app: &AppHandle<R>, event: MenuEvent) {
-    match MenuAction::from_id(event.id().as_ref()) {
-        Some(MenuAction::Open) => show_main_window(app),
-        Some(MenuAction::Quit) => app.exit(0),
-        Some(action @ MenuAction::ToggleServer(_)) => {
-            // Wired to the agent's control API by the full tray. GTK flips a
-            // check item's mark on click; redraw from the known state so the
-            // menu never shows a change that did not happen.
-            eprintln!("airlock-tray: {action}: not available in the shell yet");
-            if let Some(tray_menu) = app.try_state::<TrayMenu<R>>() {
-                let state = tray_menu
-                    .state
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .clone();
-                if let Err(err) = apply_state(app, state) {
-                    eprintln!("airlock-tray: cannot refresh the tray menu: {err}");
-                }
+    let Some(action) = MenuAction::from_id(event.id().as_ref()) else {
+        return;
+    };
+    tracing::debug!("menu: {action}");
+    let state = lock(&app.state::<Shell<R>>().state).clone();
+    match action {
+        MenuAction::Open => open_ui(app, None),
+        MenuAction::OpenApprovals => open_ui(app, Some("approvals")),
+        MenuAction::Quit => quit(app),
+        MenuAction::ToggleServer(id) => {
+            let exposed = state.servers.iter().find(|s| s.id == id).map(|s| s.exposed);
+            match exposed {
+                Some(true) => send(app, Intent::Unexpose(id)),
+                Some(false) => send(app, Intent::Expose(id)),
+                None => {}
             }
+            // GTK flips the mark on click; show the known state until the
+            // agent reports the change.
+            redraw(app);
         }
-        None => {}
+        MenuAction::CopyUrl(id) => copy_url(app, &id),
+        MenuAction::ToggleSandbox => {
+            match state.sandbox {
+                SandboxStatus::Unavailable => {}
+                SandboxStatus::Off => send(app, Intent::SetSandbox(true)),
+                SandboxStatus::On { .. } => send(app, Intent::SetSandbox(false)),
+            }
+            redraw(app);
+        }
+        MenuAction::ToggleAutostart => toggle_autostart(app),
     }
 }
 
-fn setup<R: Runtime>(app: &AppHandle<R>) -> tauri::Result<()> {
-    let state = TrayState::default();
+struct Setup {
+    home: AirlockHome,
+    runtime: tokio::runtime::Handle,
+    start_agent: bool,
+    show_at_start: bool,
+    automation: bool,
+}
+
+fn setup<R: Runtime>(app: &AppHandle<R>, cfg: Setup) -> tauri::Result<()> {
+    let state = TrayState {
+        agent: AgentStatus::Connecting,
+        ..TrayState::default()
+    };
     let model = MenuModel::build(&state);
     let menu = Menu::new(app)?;
     fill_menu(app, &menu, &model)?;
-
     TrayIconBuilder::with_id(TRAY_ID)
         .icon(tray_image(model.icon))
         .tooltip(&model.tooltip)
@@ -143,37 +451,157 @@ fn setup<R: Runtime>(app: &AppHandle<R>) -> tauri::Result<()> {
         .on_menu_event(on_menu_event)
         .build(app)?;
 
-    app.manage(TrayMenu {
+    let (link, output) = Link::start(
+        LinkOptions {
+            home: cfg.home,
+            start_agent: cfg.start_agent,
+            agent: Default::default(),
+        },
+        &cfg.runtime,
+    );
+    let stop = link.shutdown_token();
+    app.manage(Shell {
         menu,
         state: Mutex::new(state),
+        link: Mutex::new(Some(link)),
+        runtime: cfg.runtime.clone(),
+        origin: Default::default(),
+        pending_view: Default::default(),
     });
+    let autostart = app.autolaunch().is_enabled().ok();
+    send(app, Intent::Autostart(autostart));
 
-    if std::env::var(SHOW_ENV).is_ok_and(|v| v == "1") {
-        show_main_window(app);
+    if cfg.automation {
+        // WebDriver takes over the first webview of the process: it must
+        // exist now. It shows a blank page until the agent is up.
+        match tauri::Url::parse("about:blank") {
+            Ok(url) => {
+                create_window(app, url, true)?;
+            }
+            Err(err) => tracing::warn!("{err}"),
+        }
     }
+
+    // Agent state → tray; open the window on the first connection when asked.
+    let mut states = output.state;
+    let handle = app.clone();
+    let open_on_connect = cfg.show_at_start || cfg.automation;
+    cfg.runtime.spawn(async move {
+        let mut opened = !open_on_connect;
+        loop {
+            let state = states.borrow_and_update().clone();
+            let connected = state.agent.is_connected();
+            let main_thread = handle.clone();
+            let _ = handle.run_on_main_thread(move || {
+                if let Err(err) = apply_state(&main_thread, state) {
+                    tracing::warn!("cannot update the tray: {err}");
+                }
+            });
+            if connected && !opened {
+                opened = true;
+                if let Some(url) = login_url(&handle).await {
+                    let main_thread = handle.clone();
+                    let _ = handle.run_on_main_thread(move || navigate(&main_thread, &url, true));
+                }
+            }
+            if states.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut notices = output.notices;
+    let handle = app.clone();
+    cfg.runtime.spawn(async move {
+        while let Some(notice) = notices.recv().await {
+            notify(&handle, &notice);
+        }
+    });
+    // SIGTERM / Ctrl-C quit like the menu: the agent drains first.
+    let handle = app.clone();
+    cfg.runtime.spawn(async move {
+        tokio::select! {
+            _ = terminate_signal() => {
+                tracing::info!("signal received: quitting");
+                let main_thread = handle.clone();
+                let _ = handle.run_on_main_thread(move || quit(&main_thread));
+            }
+            _ = stop.cancelled() => {}
+        }
+    });
     Ok(())
 }
 
-/// Builds and runs the tray app until "Quit".
-pub fn run() -> tauri::Result<()> {
-    let app = tauri::Builder::default()
-        .setup(|app| Ok(setup(app.handle())?))
-        .on_window_event(|window, event| {
-            // Closing the window hides it; the app keeps living in the tray.
-            if let WindowEvent::CloseRequested { api, .. } = event
-                && window.label() == MAIN_WINDOW
-            {
-                api.prevent_close();
-                if let Err(err) = window.hide() {
-                    eprintln!("airlock-tray: cannot hide the main window: {err}");
+async fn terminate_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
                 }
             }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn env_flag(name: &str, value: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == value)
+}
+
+/// Builds and runs the tray app until "Quit" (or SIGTERM).
+pub fn run() -> Result<(), ShellError> {
+    let home = AirlockHome::resolve(std::env::var_os("AIRLOCK_HOME").map(PathBuf::from))?;
+    // The agent runs on a runtime owned by the shell (Tauri's own runtime
+    // serves its plugins).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("airlock-agent")
+        .enable_all()
+        .build()?;
+    let automation = env_flag(AUTOMATION_ENV, "true");
+    let cfg = Setup {
+        home,
+        runtime: runtime.handle().clone(),
+        start_agent: !env_flag(ATTACH_ONLY_ENV, "1"),
+        show_at_start: env_flag(SHOW_ENV, "1"),
+        automation,
+    };
+    let mut cfg = Some(cfg);
+
+    let app = tauri::Builder::default()
+        // Single instance first: a second launch only shows the first one's window.
+        .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
+            open_ui(app, None);
+        }))
+        .plugin(
+            tauri_plugin_autostart::Builder::new()
+                .app_name("Airlock")
+                .build(),
+        )
+        .plugin(tauri_plugin_notification::init())
+        .plugin(tauri_plugin_clipboard_manager::init())
+        .setup(move |app| {
+            if let Some(cfg) = cfg.take() {
+                setup(app.handle(), cfg)?;
+            }
+            Ok(())
         })
         .build(tauri::generate_context!())?;
 
-    app.run(|_app, event| {
-        // Keep running with no visible window; only an explicit exit
-        // (Quit, which passes a code) ends the app.
+    let code = app.run_return(|_app, event| {
+        // Closing the window drops its web view (and WebKit's memory with
+        // it); the app keeps living in the tray and opens a fresh window on
+        // the next "Open Airlock…". Only an explicit exit (Quit, which passes
+        // a code) ends the app.
         if let RunEvent::ExitRequested {
             code: None, api, ..
         } = event
@@ -181,5 +609,51 @@ pub fn run() -> tauri::Result<()> {
             api.prevent_exit();
         }
     });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    if code != 0 {
+        tracing::warn!("the tray exited with code {code}");
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_links_give_their_origin() {
+        assert_eq!(
+            origin_of("http://127.0.0.1:4123/#code=abc").as_deref(),
+            Some("http://127.0.0.1:4123")
+        );
+        assert_eq!(
+            origin_of("http://127.0.0.1:4123").as_deref(),
+            Some("http://127.0.0.1:4123")
+        );
+        assert_eq!(origin_of("https://127.0.0.1:4123/"), None);
+    }
+
+    #[test]
+    fn navigation_is_held_to_the_agent_origin() {
+        let origin = Mutex::new(None);
+        let url = |s: &str| tauri::Url::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert!(allowed(&origin, &url("about:blank")));
+        assert!(
+            !allowed(&origin, &url("http://127.0.0.1:4123/")),
+            "no origin known yet"
+        );
+        *lock(&origin) = Some("http://127.0.0.1:4123".to_owned());
+        assert!(allowed(&origin, &url("http://127.0.0.1:4123/#/servers")));
+        assert!(allowed(&origin, &url("http://127.0.0.1:4123/ui/app.js")));
+        for other in [
+            "http://127.0.0.1:4124/",
+            "https://127.0.0.1:4123/",
+            "http://localhost:4123/",
+            "http://evil.example:4123/",
+            "file:///etc/passwd",
+            "tauri://localhost/",
+        ] {
+            assert!(!allowed(&origin, &url(other)), "{other}");
+        }
+    }
 }
