@@ -67,7 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if token == "-" {
             Arc::new(AllowAll) as Arc<dyn Authorizer>
         } else {
-            Arc::new(BearerToken::new(token))
+            Arc::new(BearerToken::new(token)) as Arc<dyn Authorizer>
         },
         shutdown.clone(),
     ));

@@ -132,6 +132,7 @@ const HOP_BY_HOP: &[&str] = &[
 
 pub(crate) struct HttpUpstream {
     scheme_authority: String,
+    path: String,
 }
 
 impl HttpUpstream {
@@ -171,7 +172,13 @@ impl HttpUpstream {
         }
         Ok(Self {
             scheme_authority: format!("http://{}", authority.as_str()),
+            path: uri.path().to_string(),
         })
+    }
+
+    /// The URL's path (`/` when it has none): where the upstream's MCP endpoint is.
+    pub(crate) fn path(&self) -> &str {
+        &self.path
     }
 
     pub(crate) async fn handle(

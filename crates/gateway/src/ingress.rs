@@ -1,5 +1,5 @@
-//! Ingresses: who may call ([`Authorizer`]) and how connections arrive ([`serve_loopback`],
-//! [`serve_connection`]).
+//! Ingresses: how connections arrive ([`serve_loopback`], [`serve_connection`]) and who may call
+//! ([`Protection`]: the OAuth [`ResourceServer`], or the transitional static [`Authorizer`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,7 +14,42 @@ use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::Gateway;
+use crate::{
+    Gateway,
+    auth::{Arrival, IngressKind, ResourceServer, Site},
+};
+
+/// How an ingress decides who may call.
+#[derive(Clone)]
+pub enum Protection {
+    /// The OAuth 2.1 resource server ([`Gateway::serve_protected`]): metadata, authorization-server endpoints,
+    /// per-server tokens, scopes, audit.
+    OAuth(ResourceServer),
+    /// Transitional: one static bearer checked by an [`Authorizer`], plain `401 WWW-Authenticate: Bearer`, no
+    /// metadata. Kept until every caller is switched to [`Protection::OAuth`].
+    Static(Arc<dyn Authorizer>),
+}
+
+impl std::fmt::Debug for Protection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Protection::OAuth(_) => f.write_str("Protection::OAuth"),
+            Protection::Static(_) => f.write_str("Protection::Static"),
+        }
+    }
+}
+
+impl From<ResourceServer> for Protection {
+    fn from(rs: ResourceServer) -> Self {
+        Protection::OAuth(rs)
+    }
+}
+
+impl From<Arc<dyn Authorizer>> for Protection {
+    fn from(auth: Arc<dyn Authorizer>) -> Self {
+        Protection::Static(auth)
+    }
+}
 
 /// Why a request was refused by an [`Authorizer`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,7 +61,7 @@ pub enum AuthError {
     Invalid,
 }
 
-/// Who may call. The loopback ingress uses a static bearer token now; OAuth replaces it later.
+/// Transitional static check of who may call (see [`Protection::Static`]); the OAuth resource server replaces it.
 pub trait Authorizer: Send + Sync + 'static {
     fn authorize(&self, route_id: &str, headers: &HeaderMap) -> Result<(), AuthError>;
 }
@@ -85,13 +120,13 @@ pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<Body> {
 
 struct Loopback {
     gateway: Gateway,
-    auth: Arc<dyn Authorizer>,
+    auth: Protection,
     hosts: [String; 3],
     origins: [String; 3],
 }
 
 impl Loopback {
-    fn new(gateway: Gateway, auth: Arc<dyn Authorizer>, port: u16) -> Self {
+    fn new(gateway: Gateway, auth: Protection, port: u16) -> Self {
         Self {
             gateway,
             auth,
@@ -108,7 +143,11 @@ impl Loopback {
         }
     }
 
-    async fn handle(&self, mut req: Request<Body>) -> Response<Body> {
+    async fn handle(
+        &self,
+        req: Request<Body>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Response<Body> {
         // 1. Host (DNS rebinding protection).
         let host = req
             .headers()
@@ -116,15 +155,13 @@ impl Loopback {
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned)
             .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
-        let host_ok = host
-            .as_deref()
-            .is_some_and(|h| self.hosts.iter().any(|a| a.eq_ignore_ascii_case(h)));
-        if !host_ok {
+        let host = host.filter(|h| self.hosts.iter().any(|a| a.eq_ignore_ascii_case(h)));
+        let Some(host) = host else {
             return json_error(
                 StatusCode::FORBIDDEN,
                 "Forbidden: Host header is not an allowed loopback address (DNS rebinding protection)",
             );
-        }
+        };
         // 2. Origin, when present.
         if let Some(origin) = req.headers().get(header::ORIGIN) {
             let ok = origin
@@ -147,17 +184,35 @@ impl Loopback {
                 "the gateway is shutting down",
             );
         }
-        let trimmed = path.strip_prefix('/').unwrap_or(&path);
+        match &self.auth {
+            Protection::OAuth(rs) => {
+                let arrival = Arrival {
+                    site: Site::Loopback {
+                        origin: format!("http://{}", host.to_ascii_lowercase()),
+                    },
+                    ingress: IngressKind::Loopback,
+                    peer,
+                };
+                self.gateway.serve_protected(rs, arrival, req).await
+            }
+            Protection::Static(auth) => self.handle_static(auth.as_ref(), req, &path).await,
+        }
+    }
+
+    async fn handle_static(
+        &self,
+        auth: &dyn Authorizer,
+        mut req: Request<Body>,
+        path: &str,
+    ) -> Response<Body> {
+        let trimmed = path.strip_prefix('/').unwrap_or(path);
         let (slug, rest) = match trimmed.find('/') {
             Some(i) => (&trimmed[..i], &trimmed[i..]),
             None => (trimmed, "/"),
         };
         let route_id = self.gateway.route_id_for_slug(slug);
         // 3. Authorizer.
-        if let Err(e) = self
-            .auth
-            .authorize(route_id.as_deref().unwrap_or(""), req.headers())
-        {
+        if let Err(e) = auth.authorize(route_id.as_deref().unwrap_or(""), req.headers()) {
             let mut r = json_error(StatusCode::UNAUTHORIZED, &e.to_string());
             let challenge = match e {
                 AuthError::Invalid => "Bearer error=\"invalid_token\"",
@@ -195,30 +250,30 @@ impl Loopback {
 ///
 /// Checks, in order: Host must be `127.0.0.1:PORT`, `localhost:PORT` or `[::1]:PORT` (else 403);
 /// Origin, when present, must be `http://127.0.0.1:PORT` / `http://localhost:PORT` (else 403);
-/// then the [`Authorizer`] (401 with `WWW-Authenticate: Bearer`); unknown slug → 404. The
-/// `Authorization` header is removed before the request reaches the route. `GET /healthz` needs
-/// no credential. When `shutdown` fires, no new connections are accepted and open connections
-/// are closed gracefully (bounded by the gateway's `drain_timeout`).
+/// `GET /healthz` needs no credential. Then, with [`Protection::OAuth`], everything else goes to
+/// [`Gateway::serve_protected`] with [`Site::Loopback`] (origin `http://<Host as sent>`: metadata,
+/// authorization-server paths, `/_airlock/oauth/…`, bearer tokens per server, scopes, audit). With the
+/// transitional [`Protection::Static`], the [`Authorizer`] is asked (401 with `WWW-Authenticate:
+/// Bearer`) and an unknown slug is a 404. Either way the `Authorization` header is removed before the
+/// request reaches the route. When `shutdown` fires, no new connections are accepted and open
+/// connections are closed gracefully (bounded by the gateway's `drain_timeout`).
 pub async fn serve_loopback(
     gateway: Gateway,
     listener: tokio::net::TcpListener,
-    auth: Arc<dyn Authorizer>,
+    auth: impl Into<Protection>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let port = listener.local_addr()?.port();
     let drain = gateway.options().drain_timeout;
-    let state = Arc::new(Loopback::new(gateway, auth, port));
-    let router = axum::Router::new().fallback(move |req: Request<Body>| {
-        let state = state.clone();
-        async move { state.handle(req).await }
-    });
+    gateway.set_loopback_port(port);
+    let state = Arc::new(Loopback::new(gateway, auth.into(), port));
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.cancelled() => break,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // Transient (e.g. EMFILE): back off briefly instead of spinning.
@@ -228,7 +283,11 @@ pub async fn serve_loopback(
             }
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
+        let state = state.clone();
+        let router = axum::Router::new().fallback(move |req: Request<Body>| {
+            let state = state.clone();
+            async move { state.handle(req, Some(peer)).await }
+        });
         let shutdown = shutdown.clone();
         tracker.spawn(serve_connection_until(stream, router, shutdown, drain));
     }

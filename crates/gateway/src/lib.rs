@@ -31,6 +31,7 @@
 //!   JSON-RPC error at once. The bridge does not advertise `roots` to children.
 //! - Environment values of stdio children are never logged.
 
+pub mod auth;
 mod bridge;
 mod http_proxy;
 pub mod ingress;
@@ -45,7 +46,14 @@ use std::{
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-pub use ingress::{AuthError, Authorizer, BearerToken, serve_connection, serve_loopback};
+pub use auth::{
+    Access, AccessVerifier, Arrival, AuditSink, AuthEndpoint, AuthEndpoints, EndpointContext,
+    HostRoutes, IngressKind, McpCall, NoAudit, ResolvedResource, ResourceServer, Scopes, Site,
+    TokenRejection,
+};
+pub use ingress::{
+    AuthError, Authorizer, BearerToken, Protection, serve_connection, serve_loopback,
+};
 
 /// What a route forwards to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,6 +191,8 @@ enum RouteKind {
 struct RouteEntry {
     id: String,
     slug: String,
+    /// Path of the MCP endpoint relative to the route (`/mcp` for stdio, the URL's path for HTTP upstreams).
+    mcp_path: String,
     kind: RouteKind,
     health: Arc<std::sync::Mutex<Health>>,
 }
@@ -203,6 +213,10 @@ struct Inner {
     status_tx: broadcast::Sender<RouteStatus>,
     shutting_down: std::sync::atomic::AtomicBool,
     http_client: http_proxy::Client,
+    /// Port of the loopback ingress, once [`serve_loopback`] runs (for [`Gateway::resolve_resource`]).
+    loopback_port: std::sync::Mutex<Option<u16>>,
+    /// Per-server-host ingresses (for [`Gateway::resolve_resource`]).
+    hosts: auth::HostRegistry,
 }
 
 /// The gateway: a registry of exposed routes. Cheap to clone.
@@ -263,6 +277,8 @@ impl Gateway {
                 status_tx,
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
                 http_client,
+                loopback_port: std::sync::Mutex::new(None),
+                hosts: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -324,6 +340,7 @@ impl Gateway {
             health: health.clone(),
             tx: self.inner.status_tx.clone(),
         };
+        let mut mcp_path = "/mcp".to_string();
         let kind = match route.upstream {
             UpstreamSpec::Stdio {
                 command,
@@ -349,6 +366,7 @@ impl Gateway {
             }
             UpstreamSpec::Http { url } => {
                 let upstream = http_proxy::HttpUpstream::new(&url, &self.inner.opts.egress.policy)?;
+                mcp_path = upstream.path().to_string();
                 *lock(&health) = Health::Proxy { url: url.clone() };
                 RouteKind::Http(Arc::new(upstream))
             }
@@ -356,6 +374,7 @@ impl Gateway {
         let entry = Arc::new(RouteEntry {
             id: route.id.clone(),
             slug: route.slug,
+            mcp_path,
             kind,
             health,
         });
@@ -422,6 +441,48 @@ impl Gateway {
             .values()
             .find(|r| r.slug == slug)
             .map(|r| r.id.clone())
+    }
+
+    /// Slug of a route.
+    pub fn slug_for_route(&self, id: &str) -> Option<String> {
+        self.read_routes().get(id).map(|r| r.slug.clone())
+    }
+
+    /// Path of a route's MCP endpoint, relative to the route: `/mcp` for a stdio server, the URL's path (`/` when
+    /// it has none) for an HTTP upstream. A server's resource URL on an ingress is its origin (+ `/<slug>` on
+    /// loopback) + this path.
+    pub fn mcp_path(&self, id: &str) -> Option<String> {
+        self.read_routes().get(id).map(|r| r.mcp_path.clone())
+    }
+
+    /// The loopback gateway's origin (`http://127.0.0.1:<port>`) once [`serve_loopback`] runs: where the approval
+    /// pages (`/_airlock/oauth/…`) are.
+    pub fn loopback_origin(&self) -> Option<String> {
+        self.loopback_port()
+            .map(|port| format!("http://127.0.0.1:{port}"))
+    }
+
+    pub(crate) fn loopback_port(&self) -> Option<u16> {
+        *lock(&self.inner.loopback_port)
+    }
+
+    pub(crate) fn set_loopback_port(&self, port: u16) {
+        *lock(&self.inner.loopback_port) = Some(port);
+    }
+
+    /// Registers a per-server-host ingress for [`Gateway::resolve_resource`]. Held weakly: dropping the last `Arc`
+    /// unregisters it.
+    pub fn register_hosts(&self, routes: &Arc<dyn HostRoutes>) {
+        let mut v = lock(&self.inner.hosts);
+        v.retain(|w| w.strong_count() > 0);
+        v.push(Arc::downgrade(routes));
+    }
+
+    pub(crate) fn host_registry(&self) -> Vec<Arc<dyn HostRoutes>> {
+        lock(&self.inner.hosts)
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect()
     }
 
     /// The HTTP service for one route, path relative to the route (the stdio bridge serves

@@ -57,7 +57,7 @@ impl Harness {
         let server = tokio::spawn(serve_loopback(
             gateway.clone(),
             listener,
-            Arc::new(BearerToken::new(TOKEN.into())),
+            Arc::new(BearerToken::new(TOKEN.into())) as Arc<dyn airlock_gateway::Authorizer>,
             shutdown.clone(),
         ));
         Self {

@@ -10,7 +10,11 @@
 //! - [`hosts`]: [`HostTable`], Anthropic's route lookup — exact hostname first, then the tunnel domain stripped and the
 //!   subdomain matched.
 //! - [`terminate`]: [`Terminator`], one TLS byte stream in, HTTP/1.1 or h2 out, each request routed by `Host` (which
-//!   must name the same route as the SNI), authorised, and handed to the gateway. Every byte-stream ingress ends here.
+//!   must name the same route as the SNI) and handed to the gateway's OAuth resource server
+//!   ([`airlock_gateway::Gateway::serve_protected`] with origin `https://<Host as requested>`: protected-resource
+//!   metadata at `/.well-known/oauth-protected-resource[<mcp path>]`, the authorization-server paths of issuer
+//!   `https://<host>`, bearer tokens of that server only). Every byte-stream ingress ends here; its hostnames are
+//!   registered with the gateway so that resource URLs resolve to servers.
 //! - [`websocket`]: the Anthropic-compatible listener (what `mcp-proxy` does on `:8080`): plain WebSocket carrying the
 //!   TLS bytes, any path and subprotocol, binary or text frames; browser `Origin`s refused.
 

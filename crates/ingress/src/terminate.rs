@@ -1,9 +1,10 @@
 //! One inner-TLS byte stream in; HTTP requests routed by `Host` into the gateway.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use airlock_gateway::{AuthError, Authorizer, Gateway};
+use airlock_gateway::{Arrival, AuthError, Gateway, HostRoutes, IngressKind, Protection, Site};
 use axum::body::Body;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -17,13 +18,32 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long open connections get to finish in-flight requests on shutdown.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// The routing table and ingress kind, shared with the gateway (for resolving resource URLs).
+struct SharedHosts {
+    table: RwLock<Arc<HostTable>>,
+    kind: RwLock<IngressKind>,
+}
+
+impl HostRoutes for SharedHosts {
+    fn route_for_host(&self, host: &str) -> Option<String> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner()).clone();
+        table.lookup(host).map(str::to_string)
+    }
+
+    fn ingress(&self) -> IngressKind {
+        *self.kind.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Terminates inner TLS and serves the exposed routes. Cheap to clone.
 #[derive(Clone)]
 pub struct Terminator {
     gateway: Gateway,
     tls: InnerTls,
-    hosts: Arc<RwLock<Arc<HostTable>>>,
-    auth: Arc<dyn Authorizer>,
+    hosts: Arc<SharedHosts>,
+    /// Keeps the gateway's (weak) registration of `hosts` alive.
+    _registered: Arc<dyn HostRoutes>,
+    auth: Protection,
     shutdown: CancellationToken,
     drain: Duration,
 }
@@ -47,20 +67,39 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 }
 
 impl Terminator {
+    /// A terminator for the Anthropic tunnel ingress (see [`Terminator::with_ingress`] for another kind). Its
+    /// hostnames are registered with `gateway` so that [`Gateway::resolve_resource`] knows them.
     pub fn new(
         gateway: Gateway,
         tls: InnerTls,
         hosts: HostTable,
-        auth: Arc<dyn Authorizer>,
+        auth: impl Into<Protection>,
     ) -> Self {
+        let hosts = Arc::new(SharedHosts {
+            table: RwLock::new(Arc::new(hosts)),
+            kind: RwLock::new(IngressKind::AnthropicTunnel),
+        });
+        let registered: Arc<dyn HostRoutes> = hosts.clone();
+        gateway.register_hosts(&registered);
         Self {
             gateway,
             tls,
-            hosts: Arc::new(RwLock::new(Arc::new(hosts))),
-            auth,
+            hosts,
+            _registered: registered,
+            auth: auth.into(),
             shutdown: CancellationToken::new(),
             drain: DRAIN,
         }
+    }
+
+    /// Sets which ingress this terminator serves (audit records, endpoint contexts, resolved resources).
+    pub fn with_ingress(self, kind: IngressKind) -> Self {
+        *self.hosts.kind.write().unwrap_or_else(|p| p.into_inner()) = kind;
+        self
+    }
+
+    pub fn ingress(&self) -> IngressKind {
+        self.hosts.ingress()
     }
 
     pub fn tls(&self) -> &InnerTls {
@@ -69,11 +108,15 @@ impl Terminator {
 
     /// Replaces the routing table (the agent rebuilds it whenever exposure changes).
     pub fn set_hosts(&self, hosts: HostTable) {
-        *self.hosts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hosts);
+        *self.hosts.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hosts);
     }
 
     pub fn hosts(&self) -> Arc<HostTable> {
-        self.hosts.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.hosts
+            .table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Starts a graceful close of every connection served by this terminator.
@@ -105,10 +148,11 @@ impl Terminator {
             .map(str::to_ascii_lowercase);
         let this = self.clone();
         let sni = Arc::new(sni);
+        let peer: Option<SocketAddr> = peer.parse().ok();
         let router = axum::Router::new().fallback(move |req: Request<Body>| {
             let this = this.clone();
             let sni = sni.clone();
-            async move { this.route(req, sni.as_deref()).await }
+            async move { this.route(req, sni.as_deref(), peer).await }
         });
         airlock_gateway::ingress::serve_connection_until(
             stream,
@@ -119,7 +163,12 @@ impl Terminator {
         .await;
     }
 
-    async fn route(&self, mut req: Request<Body>, sni: Option<&str>) -> Response<Body> {
+    async fn route(
+        &self,
+        mut req: Request<Body>,
+        sni: Option<&str>,
+        peer: Option<SocketAddr>,
+    ) -> Response<Body> {
         let host = req
             .headers()
             .get(header::HOST)
@@ -142,7 +191,21 @@ impl Terminator {
                 "TLS server name and Host header do not match",
             );
         }
-        if let Err(e) = self.auth.authorize(&route_id, req.headers()) {
+        let auth = match &self.auth {
+            Protection::OAuth(rs) => {
+                let arrival = Arrival {
+                    site: Site::Host {
+                        server_id: route_id,
+                        origin: format!("https://{}", host.trim().to_ascii_lowercase()),
+                    },
+                    ingress: self.ingress(),
+                    peer,
+                };
+                return self.gateway.serve_protected(rs, arrival, req).await;
+            }
+            Protection::Static(auth) => auth,
+        };
+        if let Err(e) = auth.authorize(&route_id, req.headers()) {
             let mut resp = text(
                 StatusCode::UNAUTHORIZED,
                 match e {

@@ -86,7 +86,7 @@ async fn harness(pki: &Pki) -> Harness {
         gateway,
         tls,
         hosts,
-        Arc::new(BearerToken::new(TOKEN.into())),
+        Arc::new(BearerToken::new(TOKEN.into())) as Arc<dyn airlock_gateway::Authorizer>,
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
