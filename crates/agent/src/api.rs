@@ -186,6 +186,7 @@ async fn status(State(api): State<Api>) -> Response {
             "ca_fingerprint": ca_fingerprint(state, &t.domain),
             "cloudflared": t.cloudflared.as_ref().map(|rx| serde_json::to_value(&*rx.borrow()).unwrap_or_default()),
         })),
+        "relay": state.relay.get().map(|r| r.status_json(r.domain().and_then(|d| ca_fingerprint(state, &d)))),
     }))
     .into_response()
 }
@@ -206,15 +207,27 @@ fn ca_fingerprint(state: &AgentState, domain: &str) -> Option<String> {
 }
 
 async fn pki_reload(State(api): State<Api>) -> Result<Response, ApiError> {
-    let Some(tunnel) = api.state.tunnel.get() else {
+    let fail = |e: AgentError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let mut reloaded = false;
+    let mut any = false;
+    if let Some(tunnel) = api.state.tunnel.get() {
+        any = true;
+        reloaded |=
+            crate::tunnel::reload_certificate(&api.state, &api.state.keystore, &tunnel.domain)
+                .await
+                .map_err(fail)?;
+    }
+    if let Some(relay) = api.state.relay.get() {
+        any = true;
+        reloaded |= crate::relay::reload_certificates(&api.state, relay)
+            .await
+            .map_err(fail)?;
+    }
+    if !any {
         return Ok(
             Json(json!({ "reloaded": false, "reason": "no tunnel ingress runs" })).into_response(),
         );
-    };
-    let reloaded =
-        crate::tunnel::reload_certificate(&api.state, &api.state.keystore, &tunnel.domain)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    }
     Ok(Json(json!({ "reloaded": reloaded })).into_response())
 }
 
@@ -313,13 +326,43 @@ async fn url(State(api): State<Api>, Path(reference): Path<String>) -> Result<Re
             ),
         ));
     };
+    let state = &api.state;
+    let relay_ca = state
+        .relay
+        .get()
+        .and_then(|r| r.ca_path())
+        .map(|p| p.display().to_string());
+    let anthropic_ca = state.tunnel.get().map(|t| {
+        state
+            .home
+            .root()
+            .join("pki")
+            .join(&t.domain)
+            .join("ca.pem")
+            .display()
+            .to_string()
+    });
+    let mut urls = vec![json!({ "kind": "loopback", "url": url, "ca_file": null })];
+    if let Some(u) = &view.local_url {
+        urls.push(json!({ "kind": "embedded", "url": u, "ca_file": relay_ca }));
+    }
+    if let Some(u) = &view.relay_url {
+        urls.push(json!({ "kind": "relay", "url": u, "ca_file": relay_ca }));
+    }
+    if let Some(u) = &view.tunnel_url {
+        urls.push(json!({ "kind": "anthropic", "url": u, "ca_file": anthropic_ca }));
+    }
     Ok(Json(json!({
         "id": view.id,
         "name": view.name,
         "hostname": view.hostname,
         "url": url,
         "tunnel_url": view.tunnel_url,
-        "bearer_token": api.state.gateway_token,
+        "relay_url": view.relay_url,
+        "local_url": view.local_url,
+        "relay_ca_file": relay_ca,
+        "urls": urls,
+        "bearer_token": state.gateway_token,
     }))
     .into_response())
 }
@@ -372,20 +415,29 @@ async fn ui_code(State(api): State<Api>, headers: HeaderMap) -> Result<Response,
 
 /// The CA certificates to keep registered for the tunnel domain.
 async fn ca(State(api): State<Api>) -> Result<Response, ApiError> {
-    let Some(tunnel) = api.state.tunnel.get() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no tunnel is configured",
-        ));
+    let domain = match (api.state.tunnel.get(), api.state.relay.get()) {
+        (Some(t), _) => t.domain.clone(),
+        (None, Some(r)) => r.domain().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "the relay has not assigned a tunnel domain yet (no connection so far)",
+            )
+        })?,
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no tunnel is configured",
+            ));
+        }
     };
     let store = crate::pki_store::PkiStore::new(
         &api.state.home.root().join("pki"),
-        &tunnel.domain,
+        &domain,
         &api.state.keystore,
         crate::pki_store::Validity::default(),
     )
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(Json(json!({ "tunnel_domain": tunnel.domain, "cas": store.summaries() })).into_response())
+    Ok(Json(json!({ "tunnel_domain": domain, "cas": store.summaries() })).into_response())
 }
 
 async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {

@@ -34,6 +34,68 @@ pub struct Config {
     pub keystore: KeystoreConfig,
     /// The Anthropic-compatible tunnel ingress (a drop-in for `mcp-proxy`); absent = not running.
     pub anthropic: Option<AnthropicConfig>,
+    /// Airlock relay nodes (`airlock relay`), and the embedded relay used when nothing else is configured.
+    #[serde(default)]
+    pub relay: RelaySection,
+}
+
+/// `[relay]`: the self-hostable relay the agent connects to (outbound), or the embedded default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    /// One connection is kept to every node (the same tunnel token serves all nodes of one operator).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<RelayNodeConfig>,
+    /// Port of the relays' public listener, for URLs (default 443).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_port: Option<u16>,
+    /// The tunnel domain the relay assigned (`<tunnel-id>.<base>`), learned from it and kept for URLs and the CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_domain: Option<String>,
+    /// Run the embedded relay on loopback when no node and no `[anthropic]` section is configured (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded: Option<bool>,
+    /// Public port of the embedded relay (chosen once, kept so URLs stay stable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded_port: Option<u16>,
+    /// Tunnel domain of the embedded relay (`<tunnel-id>.airlock.localhost`), written by the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded_domain: Option<String>,
+}
+
+/// One relay node: its tunnel listener and the SHA-256 of its public key (`airlock relay fingerprint`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayNodeConfig {
+    /// `host:port` of the node's tunnel listener.
+    pub addr: String,
+    /// Lowercase hex SHA-256 of the node's tunnel key (SPKI). Without it the relay is not authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+impl RelaySection {
+    /// Whether the embedded relay runs with this config (no nodes, no Anthropic tunnel, not turned off).
+    pub fn embedded_active(&self, anthropic: bool) -> bool {
+        self.nodes.is_empty() && !anthropic && self.embedded.unwrap_or(true)
+    }
+}
+
+/// Parses a relay fingerprint: 64 hex digits (colons and spaces allowed).
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], AgentError> {
+    let clean: String = text
+        .chars()
+        .filter(|c| !matches!(c, ':' | ' '))
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let bytes = hex::decode(&clean).ok().filter(|b| b.len() == 32);
+    bytes
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            AgentError::Invalid(format!(
+                "relay fingerprint `{text}` is not 64 hex digits; `airlock relay fingerprint` on the relay prints it"
+            ))
+        })
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -152,6 +214,9 @@ pub struct ServerConfig {
     pub hostname: String,
     #[serde(default = "yes")]
     pub exposed: bool,
+    /// Loopback port of this server's URL on the embedded relay (`https://127.0.0.1:<port>/…`), chosen once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_port: Option<u16>,
 }
 
 /// Reads the config. A missing file is an empty config; a malformed one is an error naming file, line and column.
@@ -202,6 +267,23 @@ pub enum Edit<'a> {
     },
     /// Replaces the whole `[anthropic]` section (`None` removes it).
     SetAnthropic(Option<&'a AnthropicConfig>),
+    /// Replaces `[relay] nodes` (and `public_port` when given).
+    SetRelayNodes {
+        nodes: &'a [RelayNodeConfig],
+        public_port: Option<u16>,
+    },
+    /// Records the tunnel domain a relay assigned.
+    SetRelayDomain(&'a str),
+    /// Records the embedded relay's public port and tunnel domain.
+    SetEmbedded {
+        port: u16,
+        domain: &'a str,
+    },
+    /// Records a server's loopback port on the embedded relay.
+    SetLocalPort {
+        id: &'a str,
+        port: u16,
+    },
 }
 
 /// Applies `edit` to the file atomically and returns the new config. Refuses to touch a file that does not parse.
@@ -264,6 +346,41 @@ pub fn update(path: &Path, edit: Edit<'_>) -> Result<Config, AgentError> {
                 if let Some(item) = parsed.get("anthropic") {
                     doc.insert("anthropic", item.clone());
                 }
+            }
+        }
+        Edit::SetRelayNodes { nodes, public_port } => {
+            let relay = table(&mut doc, "relay", path)?;
+            let mut array = toml_edit::Array::new();
+            for n in nodes {
+                let mut t = toml_edit::InlineTable::new();
+                t.insert("addr", n.addr.as_str().into());
+                if let Some(f) = &n.fingerprint {
+                    t.insert("fingerprint", f.as_str().into());
+                }
+                array.push(t);
+            }
+            relay["nodes"] = toml_edit::value(array);
+            if let Some(port) = public_port {
+                relay["public_port"] = toml_edit::value(i64::from(port));
+            }
+        }
+        Edit::SetRelayDomain(domain) => {
+            let relay = table(&mut doc, "relay", path)?;
+            relay["tunnel_domain"] = toml_edit::value(domain);
+        }
+        Edit::SetEmbedded { port, domain } => {
+            let relay = table(&mut doc, "relay", path)?;
+            relay["embedded_port"] = toml_edit::value(i64::from(port));
+            relay["embedded_domain"] = toml_edit::value(domain);
+        }
+        Edit::SetLocalPort { id, port } => {
+            if let Some(entry) = doc
+                .get_mut("servers")
+                .and_then(|s| s.as_table_mut())
+                .and_then(|s| s.get_mut(id))
+                .and_then(|e| e.as_table_mut())
+            {
+                entry["local_port"] = toml_edit::value(i64::from(port));
             }
         }
     }

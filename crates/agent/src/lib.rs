@@ -6,7 +6,8 @@
 //! - [`home`]: the layout of `AIRLOCK_HOME` and the 0600 runtime file (`run/agent.json`);
 //! - [`state`]: live state — discovered servers, exposure, and `reconcile`, which makes the gateway match them;
 //! - [`api`]: the local control API (token + Host + Origin checks) and its event stream;
-//! - [`client`]: the control API client the CLI and tray use to talk to a running agent.
+//! - [`client`]: the control API client the CLI and tray use to talk to a running agent;
+//! - [`tunnel`]: the Anthropic tunnel ingress; [`relay`]: the Airlock relay path (relay nodes or the embedded relay).
 //!
 //! [`run`] starts everything and returns after a graceful shutdown.
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod home;
 pub mod pki_store;
+pub mod relay;
 pub mod state;
 pub mod tunnel;
 pub mod web;
@@ -168,6 +170,10 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
         )
         .await?;
     }
+    let relay_config = state.config();
+    if relay::wanted(&relay_config) {
+        relay::start(&state, auth.clone(), &tasks, ingress_stop.clone()).await?;
+    }
 
     // Control API.
     let api_token = home::random_token();
@@ -207,9 +213,32 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
         home = %home.root().display(),
         "airlock is ready"
     );
+    let relay_ca = state.relay.get().and_then(|r| r.ca_path());
     for view in state.servers().iter().filter(|s| s.exposed) {
-        if let Some(url) = &view.url {
-            tracing::info!(server = %view.name, %url, tunnel_url = ?view.tunnel_url, "exposed");
+        // The URL that works on this machine: the embedded relay's loopback URL, else the gateway's.
+        match (&view.local_url, &view.url) {
+            (Some(url), _) => tracing::info!(
+                server = %view.name,
+                %url,
+                ca = %relay_ca.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                relay_url = ?view.relay_url,
+                "exposed: trust the CA file and send the bearer token from `airlock url`"
+            ),
+            (None, Some(url)) => {
+                tracing::info!(server = %view.name, %url, tunnel_url = ?view.tunnel_url, relay_url = ?view.relay_url, "exposed")
+            }
+            _ => {}
+        }
+    }
+    if let Some(relay) = state.relay.get() {
+        match (&relay.embedded, relay.domain()) {
+            (Some(e), Some(d)) => {
+                tracing::info!(public = %e.public_addr, tunnel_domain = %d, ca = ?relay.ca_path(), "embedded relay ready: `airlock url <server>` prints each server's https://127.0.0.1 URL")
+            }
+            (None, d) => {
+                tracing::info!(nodes = relay.nodes().len(), tunnel_domain = ?d, "connecting to relay nodes")
+            }
+            _ => {}
         }
     }
 
@@ -278,6 +307,19 @@ async fn probe_loop(state: Arc<AgentState>, own_ports: Vec<u16>, stop: Cancellat
         ..ProbeOptions::default()
     };
     loop {
+        // The embedded relay's listeners are ours too.
+        let mut opts = opts.clone();
+        if let Some(relay) = state.relay.get() {
+            if let Some(e) = &relay.embedded {
+                opts.exclude_ports.push(e.public_addr.port());
+                opts.exclude_ports.push(e.tunnel_addr.port());
+            }
+            for s in state.servers() {
+                if let Some(port) = s.hostname.as_deref().and_then(|h| relay.local_port(h)) {
+                    opts.exclude_ports.push(port);
+                }
+            }
+        }
         let found = tokio::select! {
             _ = stop.cancelled() => return,
             found = airlock_discovery::probe_running(&opts) => found,

@@ -283,6 +283,69 @@ impl<'k> PkiStore<'k> {
         Ok(cert)
     }
 
+    /// A certificate for the loopback addresses (`127.0.0.1`, `::1`) from the active CA, for the embedded relay's
+    /// `https://127.0.0.1:<port>/…` URLs. The CA's NameConstraints restrict DNS names only, so IP names verify under
+    /// it. The key is returned, never stored: the agent issues a new one at every start and before expiry.
+    pub async fn issue_loopback(&self, now: OffsetDateTime) -> Result<ServerCert, AgentError> {
+        self.ensure_ca(now).await?;
+        let cert_path = self.path("ca.pem");
+        let ca_pem = fs::read_to_string(&cert_path).map_err(|e| AgentError::io(&cert_path, e))?;
+        let ca_der = pem_to_der(&ca_pem).ok_or_else(|| {
+            AgentError::Invalid(format!("{} holds no certificate", cert_path.display()))
+        })?;
+        let key = self
+            .keystore
+            .get(&self.key_name("ca"))
+            .await
+            .map_err(|e| AgentError::Invalid(format!("reading the CA key from the keystore: {e}")))?
+            .ok_or_else(|| AgentError::Invalid("the CA key is not in the keystore".into()))?;
+        let key_pem = key
+            .expose_str()
+            .map_err(|_| AgentError::Invalid("the CA key in the keystore is not PEM".into()))?;
+        let bad =
+            |e: rcgen::Error| AgentError::Invalid(format!("issuing the loopback certificate: {e}"));
+        let ca_key = rcgen::KeyPair::from_pem(key_pem).map_err(bad)?;
+        let issuer =
+            rcgen::Issuer::from_ca_cert_der(&ca_der.as_slice().into(), ca_key).map_err(bad)?;
+        let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(bad)?;
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "::1".to_string()])
+                .map_err(bad)?;
+        let mut dn = rcgen::DistinguishedName::new();
+        // Not a hostname-like CN: OpenSSL checks such a CN against the CA's DNS NameConstraints when no DNS SAN exists.
+        dn.push(rcgen::DnType::CommonName, "Airlock loopback");
+        params.distinguished_name = dn;
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let serial: [u8; 16] = rand::random();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial[..]));
+        let now = now.replace_nanosecond(0).unwrap_or(now);
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + self.validity.server;
+        let cert = params.signed_by(&leaf_key, &issuer).map_err(bad)?;
+        let cert_pem = cert.pem();
+        let mut chain_pem = cert_pem.clone();
+        if !chain_pem.ends_with('\n') {
+            chain_pem.push('\n');
+        }
+        chain_pem.push_str(&ca_pem);
+        Ok(ServerCert {
+            chain_pem,
+            cert_pem,
+            cert_der: cert.der().to_vec(),
+            key_pem: PrivateKeyPem::new(leaf_key.serialize_pem()),
+            not_before: params.not_before,
+            not_after: params.not_after,
+        })
+    }
+
+    /// Where the active CA certificate is (the file a client trusts).
+    pub fn ca_path(&self) -> PathBuf {
+        self.path("ca.pem")
+    }
+
     /// Every CA a user should have registered: the active one, a pending next one, and the previous one after an
     /// activation.
     pub fn summaries(&self) -> Vec<CaSummary> {

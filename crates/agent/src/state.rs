@@ -33,6 +33,12 @@ pub struct ServerView {
     /// `https://<hostname>.<tunnel domain>/…` when the Anthropic tunnel ingress runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel_url: Option<String>,
+    /// `https://<hostname>.<relay tunnel domain>[:port]/…` when the relay path runs (nodes or embedded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_url: Option<String>,
+    /// `https://127.0.0.1:<port>/…`: the embedded relay's URL that needs no DNS (trust the relay CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_url: Option<String>,
     pub health: Option<Health>,
 }
 
@@ -43,6 +49,10 @@ pub enum Event {
     ServersChanged,
     /// A route's health changed.
     Health(RouteStatus),
+    /// The relay connections changed state (`nodes` as in `/v1/status` `relay.nodes`).
+    Relay {
+        nodes: Vec<airlock_relay::NodeStatus>,
+    },
 }
 
 /// The running Anthropic-compatible ingress: inner TLS for the tunnel domain, reached through cloudflared.
@@ -83,6 +93,8 @@ pub struct AgentState {
     applied: tokio::sync::Mutex<HashMap<String, Route>>,
     /// The Anthropic-compatible tunnel ingress, when configured.
     pub tunnel: std::sync::OnceLock<TunnelRuntime>,
+    /// The relay path (relay nodes or the embedded relay), when it runs.
+    pub relay: std::sync::OnceLock<Arc<crate::relay::RelayRuntime>>,
     /// Serialises config edits with the reconcile that follows them.
     edit_lock: tokio::sync::Mutex<()>,
     events: broadcast::Sender<Event>,
@@ -112,6 +124,7 @@ impl AgentState {
             running: RwLock::new(Vec::new()),
             applied: tokio::sync::Mutex::new(HashMap::new()),
             tunnel: std::sync::OnceLock::new(),
+            relay: std::sync::OnceLock::new(),
             edit_lock: tokio::sync::Mutex::new(()),
             events,
             ready: AtomicBool::new(false),
@@ -201,6 +214,18 @@ impl AgentState {
             (Some(h), true, Some(t)) => Some(t.url(h, &route_path(&server.transport))),
             _ => None,
         };
+        let path = route_path(&server.transport);
+        let relay = self.relay.get();
+        let relay_url = match (&hostname, exposed, relay) {
+            (Some(h), true, Some(r)) => r.url(h, &path),
+            _ => None,
+        };
+        let local_url = match (&hostname, exposed, relay) {
+            (Some(h), true, Some(r)) => r
+                .local_port(h)
+                .map(|port| format!("https://127.0.0.1:{port}{path}")),
+            _ => None,
+        };
         ServerView {
             id: server.id.clone(),
             name: server.name.clone(),
@@ -212,6 +237,8 @@ impl AgentState {
             hostname,
             url,
             tunnel_url,
+            relay_url,
+            local_url,
             health: health.get(&server.id).cloned(),
         }
     }
@@ -335,6 +362,27 @@ impl AgentState {
         Ok(())
     }
 
+    /// Applies a config edit (atomic write, off the async threads) under the edit lock.
+    pub async fn edit_config<F>(&self, edit: F) -> Result<(), AgentError>
+    where
+        F: FnOnce(&std::path::Path) -> Result<Config, AgentError> + Send + 'static,
+    {
+        let _guard = self.edit_lock.lock().await;
+        self.edit_config_locked(edit).await
+    }
+
+    async fn edit_config_locked<F>(&self, edit: F) -> Result<(), AgentError>
+    where
+        F: FnOnce(&std::path::Path) -> Result<Config, AgentError> + Send + 'static,
+    {
+        let path = self.home.config_path();
+        let new_config = tokio::task::spawn_blocking(move || edit(&path))
+            .await
+            .map_err(|e| AgentError::Invalid(e.to_string()))??;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = new_config;
+        Ok(())
+    }
+
     /// Makes the gateway serve exactly the exposed servers that discovery currently finds.
     pub async fn reconcile(&self) {
         let _guard = self.edit_lock.lock().await;
@@ -434,6 +482,34 @@ impl AgentState {
                 table.insert(key, id);
             }
             tunnel.terminator.set_hosts(table);
+        }
+        if let Some(relay) = self.relay.get() {
+            let live: Vec<(String, String)> = host_keys
+                .iter()
+                .filter(|(_, id)| applied.contains_key(id))
+                .cloned()
+                .collect();
+            relay.set_hosts(&live);
+            if relay.has_local_ports() {
+                let wanted: Vec<(String, String, Option<u16>)> = applied
+                    .values()
+                    .filter_map(|r| {
+                        let entry = config.servers.get(&r.id)?;
+                        Some((r.id.clone(), r.slug.clone(), entry.local_port))
+                    })
+                    .collect();
+                drop(applied);
+                for (id, port) in relay.sync_local_ports(&wanted).await {
+                    let result = self
+                        .edit_config_locked(move |path| {
+                            config::update(path, Edit::SetLocalPort { id: &id, port })
+                        })
+                        .await;
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "could not record a loopback port in config.toml");
+                    }
+                }
+            }
         }
     }
 }
@@ -586,6 +662,7 @@ mod tests {
                 name: "x".into(),
                 hostname: "time".into(),
                 exposed: true,
+                local_port: None,
             },
         );
         assert_eq!(unique_hostname("time", &config, "me"), "time-2");

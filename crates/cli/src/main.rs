@@ -3,7 +3,7 @@
 //! Exit codes: 0 success, 1 runtime error (agent not running, unknown server, refused request), 2 usage error (bad
 //! flags, ambiguous server reference, confirmation needed but no terminal).
 
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,6 +47,8 @@ enum Command {
         /// Loopback port of the local gateway (persisted in config.toml).
         #[arg(long)]
         gateway_port: Option<u16>,
+        #[command(flatten)]
+        relay: RelayNodeArgs,
     },
     /// Show whether the agent runs and is ready.
     Status {
@@ -97,6 +99,20 @@ enum Command {
     /// The Anthropic MCP tunnel: switch from or to Anthropic's proxy, store cloudflared's token.
     #[command(subcommand)]
     Tunnel(TunnelCommand),
+}
+
+/// Relay nodes to connect to (persisted in config.toml `[relay] nodes`).
+#[derive(clap::Args, Default)]
+struct RelayNodeArgs {
+    /// A relay node's tunnel listener, `host:port` (repeat for several nodes: one connection each).
+    #[arg(long = "relay", value_name = "ADDR")]
+    relay: Vec<String>,
+    /// SHA-256 of the node's tunnel key (`airlock relay fingerprint` on the node); one per --relay, same order.
+    #[arg(long = "relay-fingerprint", value_name = "HEX")]
+    relay_fingerprint: Vec<String>,
+    /// Port of the relays' public listener, for URLs (default 443).
+    #[arg(long = "relay-public-port", value_name = "PORT")]
+    relay_public_port: Option<u16>,
 }
 
 #[derive(clap::Args)]
@@ -171,6 +187,12 @@ enum TunnelCommand {
     },
     /// Store the tunnel token for cloudflared in the keystore, read from standard input (never from argv).
     SetToken,
+    /// Connect to Airlock relay nodes: the tunnel token is read from standard input (never from argv) into the
+    /// keystore, the nodes are written to config.toml.
+    Login {
+        #[command(flatten)]
+        relay: RelayNodeArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -264,7 +286,19 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
     let home = AirlockHome::resolve(cli.home.clone()).map_err(anyhow::Error::from)?;
     match cli.command {
-        Command::Up { gateway_port } => up(home, gateway_port, cli.keystore, cli.log_format).await,
+        Command::Up {
+            gateway_port,
+            relay,
+        } => {
+            if !relay.relay.is_empty() {
+                set_relay_nodes(&home, &relay)?;
+            } else if !relay.relay_fingerprint.is_empty() || relay.relay_public_port.is_some() {
+                return Err(usage(
+                    "--relay-fingerprint and --relay-public-port go with --relay ADDR",
+                ));
+            }
+            up(home, gateway_port, cli.keystore, cli.log_format).await
+        }
         Command::Ca(cmd) => ca(&home, cli.keystore, cmd).await,
         Command::Tunnel(cmd) => tunnel(&home, cli.keystore, cmd).await,
         Command::Relay(args) => relay(&home, args, cli.log_format).await,
@@ -330,7 +364,22 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             if json {
                 print_json(&info);
             } else {
-                say!("{}", str_of(&info, "url"));
+                let urls = info.get("urls").and_then(Value::as_array).cloned();
+                match urls {
+                    Some(urls) if !urls.is_empty() => {
+                        for u in &urls {
+                            say!("{:<10}{}", str_of(u, "kind"), str_of(u, "url"));
+                        }
+                        let cas: std::collections::BTreeSet<&str> = urls
+                            .iter()
+                            .filter_map(|u| u.get("ca_file").and_then(Value::as_str))
+                            .collect();
+                        for ca in cas {
+                            say!("trust     {ca}   (the Airlock CA: https URLs verify against it)");
+                        }
+                    }
+                    _ => say!("{}", str_of(&info, "url")),
+                }
                 say!("Authorization: Bearer {}", str_of(&info, "bearer_token"));
             }
             Ok(())
@@ -469,6 +518,116 @@ async fn status(home: &AirlockHome, json: bool) -> Result<(), Failure> {
         };
         say!("  cloudflared {line}");
     }
+    if let Some(r) = status.get("relay").filter(|r| !r.is_null()) {
+        let domain = r
+            .get("tunnel_domain")
+            .and_then(Value::as_str)
+            .unwrap_or("(not assigned yet)");
+        match str_of(r, "mode") {
+            "embedded" => say!(
+                "  relay     embedded on {} — {domain}",
+                r.pointer("/embedded/public_addr")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+            ),
+            _ => say!("  relay     {domain}"),
+        }
+        if let Some(fp) = r.get("ca_fingerprint").and_then(Value::as_str) {
+            say!("  relay CA  {fp} ({})", str_of(r, "ca_file"));
+        }
+        for n in r
+            .get("nodes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let pin = if n.get("pinned").and_then(Value::as_bool).unwrap_or(true) {
+                ""
+            } else {
+                " [key not pinned]"
+            };
+            let line = match str_of(n, "state") {
+                "connected" => format!("connected since {}", when(n.get("since"))),
+                "backoff" => format!(
+                    "retrying at {} (attempt {}): {}",
+                    when(n.get("until")),
+                    n.get("attempt").and_then(Value::as_u64).unwrap_or(0),
+                    str_of(n, "last_error")
+                ),
+                other => other.to_string(),
+            };
+            say!("    node {} {line}{pin}", str_of(n, "addr"));
+        }
+    }
+    Ok(())
+}
+
+/// A unix-milliseconds timestamp as UTC RFC 3339.
+fn when(ms: Option<&Value>) -> String {
+    let ms = ms.and_then(Value::as_u64).unwrap_or(0);
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn usage(message: &str) -> Failure {
+    Failure {
+        code: 2,
+        message: message.to_string(),
+    }
+}
+
+/// Writes `[relay] nodes` (and `public_port`) from the command line into config.toml.
+fn set_relay_nodes(home: &AirlockHome, args: &RelayNodeArgs) -> Result<(), Failure> {
+    use airlock_agent::config::{self, Edit, RelayNodeConfig};
+    if args.relay.is_empty() {
+        return Err(usage(
+            "give at least one --relay HOST:PORT (the relay's tunnel listener)",
+        ));
+    }
+    if !args.relay_fingerprint.is_empty() && args.relay_fingerprint.len() != args.relay.len() {
+        return Err(usage(
+            "give one --relay-fingerprint per --relay, in the same order (`airlock relay fingerprint` on each node)",
+        ));
+    }
+    let mut nodes = Vec::new();
+    for (i, addr) in args.relay.iter().enumerate() {
+        let addr = addr.trim();
+        let valid = addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+        if !valid {
+            return Err(usage(&format!("--relay {addr}: expected HOST:PORT")));
+        }
+        let fingerprint = match args.relay_fingerprint.get(i) {
+            Some(f) => {
+                let bytes = config::parse_fingerprint(f).map_err(|e| usage(&e.to_string()))?;
+                Some(hex::encode(bytes))
+            }
+            None => {
+                eprintln!(
+                    "warning: no --relay-fingerprint for {addr}: the relay's key will not be checked"
+                );
+                None
+            }
+        };
+        nodes.push(RelayNodeConfig {
+            addr: addr.to_string(),
+            fingerprint,
+        });
+    }
+    config::update(
+        &home.config_path(),
+        Edit::SetRelayNodes {
+            nodes: &nodes,
+            public_port: args.relay_public_port,
+        },
+    )
+    .map_err(anyhow::Error::from)?;
     Ok(())
 }
 
@@ -621,6 +780,11 @@ async fn expose(
             str_of(&exposed, "name"),
             str_of(&exposed, "url")
         );
+        for key in ["local_url", "relay_url", "tunnel_url"] {
+            if let Some(u) = exposed.get(key).and_then(Value::as_str) {
+                say!("  also {u}");
+            }
+        }
         say!("Credential: `airlock url {id}` prints the bearer token to send.");
     }
     Ok(())
@@ -633,12 +797,23 @@ async fn ca(
 ) -> Result<(), Failure> {
     use airlock_agent::pki_store::{PkiStore, Validity};
     let config = airlock_agent::config::load(&home.config_path()).map_err(anyhow::Error::from)?;
-    let Some(domain) = config.anthropic.as_ref().map(|a| a.tunnel_domain.clone()) else {
+    let relay_domain = if config.relay.nodes.is_empty() {
+        config.relay.embedded_domain.clone()
+    } else {
+        config.relay.tunnel_domain.clone()
+    };
+    let Some(domain) = config
+        .anthropic
+        .as_ref()
+        .map(|a| a.tunnel_domain.clone())
+        .or(relay_domain)
+    else {
         return Err(Failure {
             code: 1,
             message: format!(
                 "no tunnel domain is configured: add `[anthropic] tunnel_domain = \"…\"` to {} \
-                 or run `airlock tunnel import-config <config.yaml>`",
+                 or run `airlock tunnel import-config <config.yaml>`; with a relay, start `airlock up` once \
+                 (the relay assigns the domain)",
                 home.config_path().display()
             ),
         });
@@ -821,8 +996,51 @@ async fn tunnel(
                 ks.backend()
             );
         }
+        TunnelCommand::Login { relay } => {
+            let token = read_token_from_stdin(
+                "no token on stdin (pipe it in: `airlock relay token create … | jq -r .token | airlock tunnel login --relay HOST:PORT`)",
+            )?;
+            let cfg = config::load(&home.config_path()).map_err(anyhow::Error::from)?;
+            set_relay_nodes(home, &relay)?;
+            let ks =
+                airlock_agent::home::open_keystore(home, cfg.keystore.backend.as_deref(), keystore)
+                    .await
+                    .map_err(anyhow::Error::from)?;
+            ks.set(
+                airlock_agent::relay::RELAY_TOKEN,
+                &airlock_keystore::Secret::from(token.as_str()),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("storing the token: {e}"))?;
+            say!(
+                "relay token stored in the {} keystore; {} node(s) written to {}; restart `airlock up` to connect",
+                ks.backend(),
+                relay.relay.len(),
+                home.config_path().display()
+            );
+        }
     }
     Ok(())
+}
+
+/// The first line of standard input, trimmed; a JSON object from `airlock relay token create` is accepted too.
+fn read_token_from_stdin(empty: &str) -> Result<String, Failure> {
+    let mut text = String::new();
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| anyhow::anyhow!("reading the token from stdin: {e}"))?;
+    let trimmed = text.trim();
+    if let Ok(v) = serde_json::from_str::<Value>(trimmed)
+        && let Some(t) = v.get("token").and_then(Value::as_str)
+    {
+        return Ok(t.trim().to_string());
+    }
+    let token = trimmed.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        return Err(usage(empty));
+    }
+    Ok(token)
 }
 
 async fn relay(home: &AirlockHome, args: RelayArgs, format: LogFormat) -> Result<(), Failure> {

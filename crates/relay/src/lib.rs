@@ -4,9 +4,11 @@
 //! * [`client::RelayClient`] / [`client::RelayLink`]: the agent side.
 //! * [`token::TokenAuthority`]: Ed25519 tunnel tokens.
 //! * [`sni::ClientHelloParser`]: sans-IO ClientHello SNI reader.
+//! * [`embedded`]: port routes for a relay on loopback (URLs without SNI).
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod embedded;
 mod fsutil;
 pub mod server;
 pub mod sni;
