@@ -289,7 +289,12 @@ pub(crate) async fn run(
             }
             Outcome::Exited { output, truncated } => {
                 let diag = shell.stderr.lock().map(|s| s.clone()).unwrap_or_default();
-                let status = shell.child.wait().await.ok();
+                // stdout may have been closed by the command (`exec >&-`) with the shell alive:
+                // wait briefly, then kill.
+                let status = tokio::time::timeout(Duration::from_secs(2), shell.child.wait())
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
                 kill(inner, state).await;
                 let mut text = finish_text(&output, cap, truncated);
                 if !diag.trim().is_empty() {

@@ -67,6 +67,18 @@ async fn bash_persists_state_restarts_and_reports_exit_codes() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     let out = bash(&sb, "cat <<EOF\nheredoc $FOO\nEOF").await;
     assert_eq!(out.text_content(), "heredoc ");
+    // A command that closes the shell's output cannot hang the session: the call times out
+    // and the next one gets a fresh shell.
+    let out = tool(
+        &sb,
+        "bash",
+        json!({"command": "exec >&- 2>&-", "timeout_ms": 1000}),
+    )
+    .await;
+    assert!(out.is_error);
+    assert_eq!(out.text_content(), "bash command timed out after 1s");
+    let out = bash(&sb, "echo back").await;
+    assert_eq!(out.text_content(), "back");
     // HOME is the workdir: global git settings work.
     let out = bash(
         &sb,
