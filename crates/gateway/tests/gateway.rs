@@ -9,7 +9,9 @@ use std::{
 };
 
 use airlock_gateway::{
-    BearerToken, Gateway, GatewayOptions, Health, Route, RouteStatus, UpstreamSpec, serve_loopback,
+    Access, AccessVerifier, AuthEndpoints, EndpointContext, Gateway, GatewayOptions, Health,
+    NoAudit, ResourceServer, Route, RouteStatus, Scopes, TokenRejection, UpstreamSpec,
+    serve_loopback,
 };
 use rmcp::{
     RoleClient, ServiceExt,
@@ -26,6 +28,40 @@ const TOKEN: &str = "test-token-123";
 const FIXTURE: &str = env!("CARGO_BIN_EXE_airlock-fixture-mcp");
 /// Generous bound for anything on a loaded 2-core machine.
 const BOUND: Duration = Duration::from_secs(60);
+
+/// Every exposed server accepts `TOKEN` with full scope (the authorization server is another crate).
+struct AnyServer;
+
+impl AccessVerifier for AnyServer {
+    fn verify(&self, _server_id: &str, token: &str) -> Result<Access, TokenRejection> {
+        if token != TOKEN {
+            return Err(TokenRejection::Invalid);
+        }
+        Ok(Access {
+            grant_id: "g".into(),
+            client_id: "c".into(),
+            client_name: "test".into(),
+            scopes: Scopes::ALL,
+            tools: None,
+        })
+    }
+}
+
+struct NoEndpoints;
+
+impl AuthEndpoints for NoEndpoints {
+    fn handle(
+        &self,
+        _ctx: EndpointContext,
+        _req: http::Request<axum::body::Body>,
+    ) -> futures::future::BoxFuture<'static, http::Response<axum::body::Body>> {
+        Box::pin(async {
+            let mut r = http::Response::new(axum::body::Body::empty());
+            *r.status_mut() = http::StatusCode::NOT_IMPLEMENTED;
+            r
+        })
+    }
+}
 
 struct Harness {
     gateway: Gateway,
@@ -57,7 +93,11 @@ impl Harness {
         let server = tokio::spawn(serve_loopback(
             gateway.clone(),
             listener,
-            Arc::new(BearerToken::new(TOKEN.into())) as Arc<dyn airlock_gateway::Authorizer>,
+            ResourceServer::new(
+                Arc::new(AnyServer),
+                Arc::new(NoEndpoints),
+                Arc::new(NoAudit),
+            ),
             shutdown.clone(),
         ));
         Self {
@@ -520,7 +560,7 @@ async fn ingress_checks_host_origin_and_bearer() {
         r.headers()
             .get("www-authenticate")
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("Bearer")),
+            .is_some_and(|v| v.starts_with("Bearer resource_metadata=")),
         "{:?}",
         r.headers()
     );
@@ -536,7 +576,7 @@ async fn ingress_checks_host_origin_and_bearer() {
     .await
     .expect("post");
     assert_eq!(r.status(), 200);
-    // Unknown slug → 404 JSON (after auth).
+    // Unknown slug → 404 JSON.
     let r = http
         .post(format!("http://127.0.0.1:{}/nope/mcp", h.port))
         .bearer_auth(TOKEN)
