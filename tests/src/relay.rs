@@ -51,6 +51,7 @@ pub struct RelayProcess {
     starts: u32,
     env: Vec<(String, PathBuf)>,
     bin: PathBuf,
+    soft_nofile: Option<u64>,
 }
 
 /// A token from `airlock relay token create`.
@@ -66,6 +67,12 @@ impl RelayProcess {
     /// Starts `airlock relay --domain <domain>` with state in `<home>/relay-state`, all three
     /// listeners on free loopback ports, and waits for "relay node ready".
     pub fn start(home: &TestHome, domain: &str) -> Self {
+        Self::start_with(home, domain, None)
+    }
+
+    /// Like [`start`](Self::start), with the soft open-file limit lowered to `soft_nofile`
+    /// before the relay runs (through `sh -c 'ulimit -Sn N; exec …'`).
+    pub fn start_with(home: &TestHome, domain: &str, soft_nofile: Option<u64>) -> Self {
         let state_dir = home.scratch().join("relay-state");
         let cmd = home.airlock();
         let mut p = Self {
@@ -80,6 +87,7 @@ impl RelayProcess {
             starts: 0,
             env: home.env(),
             bin: PathBuf::from(cmd.get_program()),
+            soft_nofile,
         };
         p.spawn();
         p
@@ -94,7 +102,16 @@ impl RelayProcess {
             .open(&self.log)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log.display()));
         let before = fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
-        let mut cmd = std::process::Command::new(&self.bin);
+        let mut cmd = match self.soft_nofile {
+            Some(n) => {
+                let mut c = std::process::Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -Sn {n} && exec \"$0\" \"$@\""))
+                    .arg(&self.bin);
+                c
+            }
+            None => std::process::Command::new(&self.bin),
+        };
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -239,6 +256,14 @@ impl Drop for RelayProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// (soft, hard) `Max open files` of a process, from /proc (`None` when unreadable).
+pub fn nofile_limits(pid: u32) -> Option<(String, String)> {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut it = line.trim_start_matches("Max open files").split_whitespace();
+    Some((it.next()?.to_string(), it.next()?.to_string()))
 }
 
 /// `VmRSS` of a process in kB (0 when it cannot be read).
