@@ -245,6 +245,8 @@ pub enum WorkerError {
     PollRejected(ApiError),
     #[error("cannot set up the HTTP client: {0}")]
     Client(ApiError),
+    #[error("worker task failed: {0}")]
+    Task(String),
 }
 
 /// How an item's lease ended.
@@ -358,6 +360,29 @@ impl std::fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("cfg", &self.cfg)
             .finish_non_exhaustive()
+    }
+}
+
+/// A running worker (from [`Worker::spawn`]).
+#[derive(Debug)]
+pub struct WorkerHandle {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), WorkerError>>,
+}
+
+impl WorkerHandle {
+    /// Whether the worker stopped on its own (a rejected poll).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the worker and waits for its teardown.
+    pub async fn stop(self) -> Result<(), WorkerError> {
+        self.cancel.cancel();
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(WorkerError::Task(e.to_string())),
+        }
     }
 }
 
@@ -508,6 +533,15 @@ impl Worker {
             }
         });
         result
+    }
+
+    /// Runs [`Worker::run`] on a task; the handle stops it (the tool call in flight is cancelled,
+    /// its item released as on shutdown).
+    pub fn spawn(self: Arc<Self>) -> WorkerHandle {
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let task = tokio::spawn(async move { self.run(c).await });
+        WorkerHandle { cancel, task }
     }
 
     async fn force_stop_quietly(&self, item: &WorkItem, token: &str) {

@@ -20,6 +20,8 @@ use crate::{
 const IDLE_NEUTRAL: &[&str] = &["user.tool_confirmation", "session.thread_status_terminated"];
 /// Dispatch queue bound (as the Python runner).
 const DISPATCH_QUEUE: usize = 100;
+/// Silence on the event stream after which it is reopened (the server pings more often).
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a cancelled tool call may take to return before the runner stops waiting for it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -338,7 +340,13 @@ async fn stream_loop(
                 loop {
                     let next = tokio::select! {
                         _ = ctx.stop.cancelled() => return Ok(()),
-                        n = stream.next() => n,
+                        n = tokio::time::timeout(STREAM_READ_TIMEOUT, stream.next()) => n,
+                    };
+                    let Ok(next) = next else {
+                        // A half-open connection delivers nothing; reconnect (and reconcile) instead.
+                        break crate::ApiError::Transport(format!(
+                            "no data on the event stream for {STREAM_READ_TIMEOUT:?}"
+                        ));
                     };
                     let ev = match next {
                         None => break crate::ApiError::Transport("event stream ended".into()),

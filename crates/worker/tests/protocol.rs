@@ -508,7 +508,7 @@ async fn a_graceful_stop_cancels_the_call_in_flight_and_stops_the_item() {
         .unwrap(),
     );
     let mut status = worker.status();
-    let (cancel, h) = spawn_worker(worker.clone());
+    let handle = worker.clone().spawn();
     let sid = orch.create_session().await;
     let id = orch.tool_use(&sid, "sleep", json!({"ms": 60000})).await;
     status.wait_for(|s| !s.in_flight.is_empty()).await.unwrap();
@@ -538,6 +538,7 @@ async fn a_graceful_stop_cancels_the_call_in_flight_and_stops_the_item() {
     let r = orch.wait_results(&sid, 1, Duration::from_secs(10)).await;
     assert_eq!(r[0]["is_error"], true);
     assert_eq!(text(&r[0]), "cancelled");
-    cancel.cancel();
-    h.await.unwrap();
+    assert!(!handle.is_finished());
+    handle.stop().await.unwrap();
+    assert_eq!(worker.status().borrow().state, WorkerState::Stopped);
 }
