@@ -634,7 +634,7 @@ impl StreamCtx {
             }
         };
         if let Some(t) = terminator {
-            t.serve(stream, &peer.to_string()).await;
+            t.serve(Linger::new(stream), &peer.to_string()).await;
         }
     }
 }
@@ -743,14 +743,17 @@ impl LocalRoutes {
     /// TLS for `127.0.0.1` on one server's port: every request goes to that server (no SNI to route by).
     async fn serve(&self, stream: MuxStream, slug: String, port: u16, peer: SocketAddr) {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.server_config());
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::info!(client = %peer, "tls handshake failed: {e}");
-                return;
-            }
-            Err(_) => return,
-        };
+        let tls =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Linger::new(stream)))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(client = %peer, "tls handshake failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
         let gateway = self.gateway.clone();
         let auth = self.auth.clone();
         let slug = Arc::new(slug);
@@ -829,4 +832,111 @@ async fn route_local(
     }
     req.headers_mut().remove(header::AUTHORIZATION);
     gateway.handle(&route_id, req).await
+}
+
+/// A relay stream that, once shut down for writing, outlives its user until the peer finishes too.
+///
+/// Dropping a mux stream before both directions finished resets it, and a reset can overtake the response bytes
+/// still queued (an HTTP/1.1 `Connection: close` answer written, shut down and dropped at once would be lost). After
+/// a shutdown this wrapper hands the stream to a task that reads to the peer's end (bounded) before dropping it.
+struct Linger {
+    stream: Option<MuxStream>,
+    shut_down: bool,
+}
+
+const LINGER: Duration = Duration::from_secs(10);
+
+impl Linger {
+    fn new(stream: MuxStream) -> Self {
+        Self {
+            stream: Some(stream),
+            shut_down: false,
+        }
+    }
+
+    fn inner(&mut self) -> std::io::Result<std::pin::Pin<&mut MuxStream>> {
+        match self.stream.as_mut() {
+            Some(s) => Ok(std::pin::Pin::new(s)),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "stream is gone",
+            )),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Linger {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut().inner() {
+            Ok(s) => s.poll_read(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Linger {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut().inner() {
+            Ok(s) => s.poll_write(cx, data),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut().inner() {
+            Ok(s) => s.poll_flush(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = match this.inner() {
+            Ok(s) => s.poll_shutdown(cx),
+            Err(e) => return std::task::Poll::Ready(Err(e)),
+        };
+        if matches!(r, std::task::Poll::Ready(Ok(()))) {
+            this.shut_down = true;
+        }
+        r
+    }
+}
+
+impl Drop for Linger {
+    fn drop(&mut self) {
+        if !self.shut_down {
+            return;
+        }
+        let (Some(mut stream), Ok(rt)) =
+            (self.stream.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        rt.spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 4096];
+            let _ = tokio::time::timeout(LINGER, async {
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        });
+    }
 }
