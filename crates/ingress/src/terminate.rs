@@ -92,7 +92,8 @@ impl Terminator {
         }
     }
 
-    /// Sets which ingress this terminator serves (audit records, endpoint contexts, resolved resources).
+    /// Sets which ingress this terminator serves (audit records, endpoint contexts, resolved resources); shared by
+    /// every clone.
     pub fn with_ingress(self, kind: IngressKind) -> Self {
         *self.hosts.kind.write().unwrap_or_else(|p| p.into_inner()) = kind;
         self

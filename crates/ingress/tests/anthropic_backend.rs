@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use airlock_gateway::{BearerToken, Gateway, GatewayOptions, Route, UpstreamSpec};
+use airlock_gateway::{
+    Access, AccessVerifier, AuditSink, AuthEndpoint, AuthEndpoints, EndpointContext, Gateway,
+    GatewayOptions, IngressKind, McpCall, ResourceServer, Route, Scopes, TokenRejection,
+    UpstreamSpec,
+};
 use airlock_ingress::websocket::WsBytes;
 use airlock_ingress::{HostTable, InnerTls, Terminator, serve_websocket};
 use airlock_pki::{CertificateAuthority, ServerCert};
@@ -55,11 +59,73 @@ async fn echo_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     (addr, seen)
 }
 
+/// Tokens: `TOKEN` (all scopes) and `READ_TOKEN` (read only) for `route-echo`, `OTHER_TOKEN` for `route-other`.
+struct Verifier;
+
+const READ_TOKEN: &str = "read-only-token";
+const OTHER_TOKEN: &str = "token-of-other";
+
+impl AccessVerifier for Verifier {
+    fn verify(&self, server_id: &str, token: &str) -> Result<Access, TokenRejection> {
+        let (server, scopes) = match token {
+            TOKEN => ("route-echo", Scopes::ALL),
+            READ_TOKEN => ("route-echo", Scopes::READ),
+            OTHER_TOKEN => ("route-other", Scopes::ALL),
+            _ => return Err(TokenRejection::Invalid),
+        };
+        if server != server_id {
+            return Err(TokenRejection::WrongResource);
+        }
+        Ok(Access {
+            grant_id: format!("grant-{token}"),
+            client_id: "claude".into(),
+            client_name: "Claude".into(),
+            scopes,
+            tools: None,
+        })
+    }
+}
+
+/// Records the authorization-server requests; answers 299 so the test can tell them apart.
+#[derive(Default)]
+struct Endpoints(Mutex<Vec<(EndpointContext, String)>>);
+
+impl AuthEndpoints for Endpoints {
+    fn handle(
+        &self,
+        ctx: EndpointContext,
+        req: Request<Body>,
+    ) -> futures::future::BoxFuture<'static, http::Response<Body>> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((ctx, req.uri().path().to_string()));
+        Box::pin(async {
+            http::Response::builder()
+                .status(299)
+                .body(Body::from("as"))
+                .unwrap()
+        })
+    }
+}
+
+#[derive(Default)]
+struct Audit(Mutex<Vec<McpCall>>);
+
+impl AuditSink for Audit {
+    fn mcp_call(&self, call: McpCall) {
+        self.0.lock().unwrap().push(call);
+    }
+}
+
 struct Harness {
     addr: SocketAddr,
+    gateway: Gateway,
     terminator: Terminator,
     ca_pem: String,
     seen: Arc<Mutex<Vec<String>>>,
+    endpoints: Arc<Endpoints>,
+    audit: Arc<Audit>,
     _stop: tokio_util::sync::DropGuard,
 }
 
@@ -72,7 +138,7 @@ async fn harness(pki: &Pki) -> Harness {
                 id: format!("route-{slug}"),
                 slug: slug.into(),
                 upstream: UpstreamSpec::Http {
-                    url: format!("http://{upstream}"),
+                    url: format!("http://{upstream}/mcp"),
                 },
             })
             .await
@@ -82,11 +148,13 @@ async fn harness(pki: &Pki) -> Harness {
     hosts.insert("echo", "route-echo");
     hosts.insert("other", "route-other");
     let tls = InnerTls::new(&pki.server.chain_pem, pki.server.key_pem.expose()).unwrap();
+    let endpoints = Arc::new(Endpoints::default());
+    let audit = Arc::new(Audit::default());
     let terminator = Terminator::new(
-        gateway,
+        gateway.clone(),
         tls,
         hosts,
-        Arc::new(BearerToken::new(TOKEN.into())) as Arc<dyn airlock_gateway::Authorizer>,
+        ResourceServer::new(Arc::new(Verifier), endpoints.clone(), audit.clone()),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -99,9 +167,12 @@ async fn harness(pki: &Pki) -> Harness {
     ));
     Harness {
         addr,
+        gateway,
         terminator,
         ca_pem: pki.ca.cert().pem.clone(),
         seen,
+        endpoints,
+        audit,
         _stop: stop.drop_guard(),
     }
 }
@@ -163,17 +234,44 @@ async fn get(
     host: &str,
     path: &str,
 ) -> (StatusCode, String) {
+    let (status, _, body) = request(send, "GET", host, path, Some(TOKEN), "").await;
+    (status, body)
+}
+
+async fn request(
+    send: &mut hyper::client::conn::http1::SendRequest<Body>,
+    method: &str,
+    host: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, http::HeaderMap, String) {
     send.ready().await.unwrap();
-    let req = Request::builder()
+    let mut req = Request::builder()
+        .method(method)
         .uri(path)
         .header("host", host)
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(Body::empty())
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let resp = send
+        .send_request(req.body(Body::from(body.to_string())).unwrap())
+        .await
         .unwrap();
-    let resp = send.send_request(req).await.unwrap();
     let status = resp.status();
+    let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn www_authenticate(headers: &http::HeaderMap) -> String {
+    headers
+        .get("www-authenticate")
+        .expect("a challenge")
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test]
@@ -376,4 +474,211 @@ async fn renewed_certificate_is_served_without_dropping_open_connections() {
         get(&mut open, &format!("echo.{DOMAIN}"), "/b").await.0,
         StatusCode::OK
     );
+}
+
+#[tokio::test]
+async fn tunnel_hosts_are_oauth_protected_resources_with_their_own_metadata() {
+    let pki = pki();
+    let h = harness(&pki).await;
+    let host = format!("echo.{DOMAIN}");
+    let tls = connect(h.addr, &host, &h.ca_pem).await.unwrap();
+    let mut send = http1(tls).await;
+    let call =
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{}}}"#;
+    let prm_url = format!("https://{host}/.well-known/oauth-protected-resource/mcp");
+
+    // No token: 401 pointing at the absolute metadata URL of this host.
+    let (status, headers, _) = request(&mut send, "POST", &host, "/mcp", None, call).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        www_authenticate(&headers),
+        format!(r#"Bearer resource_metadata="{prm_url}", scope="mcp:read mcp:call""#)
+    );
+    // Metadata at the path-specific and root well-knowns, without credentials, naming the URL used.
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let (status, headers, body) = request(&mut send, "GET", &host, path, None, "").await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(headers["content-type"], "application/json");
+        let prm: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(prm["resource"], format!("https://{host}/mcp"));
+        assert_eq!(
+            prm["authorization_servers"],
+            serde_json::json!([format!("https://{host}")])
+        );
+        assert_eq!(
+            prm["scopes_supported"],
+            serde_json::json!(["mcp:read", "mcp:call"])
+        );
+        assert_eq!(
+            prm["bearer_methods_supported"],
+            serde_json::json!(["header"])
+        );
+    }
+    // The other server's token is refused here; a read-only token cannot call.
+    let (status, headers, _) =
+        request(&mut send, "POST", &host, "/mcp", Some(OTHER_TOKEN), call).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(www_authenticate(&headers).starts_with(r#"Bearer error="invalid_token""#));
+    assert!(www_authenticate(&headers).contains(&format!(r#"resource_metadata="{prm_url}""#)));
+    let (status, headers, _) =
+        request(&mut send, "POST", &host, "/mcp", Some(READ_TOKEN), call).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let challenge = www_authenticate(&headers);
+    assert!(
+        challenge.starts_with(r#"Bearer error="insufficient_scope", scope="mcp:read mcp:call""#),
+        "{challenge}"
+    );
+    assert!(challenge.contains(&format!(r#"resource_metadata="{prm_url}""#)));
+    assert!(
+        h.seen.lock().unwrap().is_empty(),
+        "nothing reached the upstream"
+    );
+
+    // The right token: forwarded, without the credential, and audited once.
+    let (status, _, body) = request(&mut send, "POST", &host, "/mcp", Some(TOKEN), call).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "POST /mcp auth=false");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let calls = loop {
+        let calls = h.audit.0.lock().unwrap().clone();
+        if calls.len() >= 2 || tokio::time::Instant::now() > deadline {
+            break calls;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(calls.len(), 2, "the 403 and the call: {calls:?}");
+    assert_eq!(calls[0].status, 403);
+    let c = &calls[1];
+    assert_eq!(
+        (c.server_id.as_str(), c.method.as_str(), c.tool.as_deref()),
+        ("route-echo", "tools/call", Some("x"))
+    );
+    assert_eq!(
+        (c.status, c.bytes_in, c.bytes_out),
+        (200, call.len() as u64, body.len() as u64)
+    );
+    assert_eq!(c.ingress, IngressKind::AnthropicTunnel);
+    assert_eq!(c.client_id.as_deref(), Some("claude"));
+}
+
+#[tokio::test]
+async fn authorization_server_paths_on_a_tunnel_host_reach_the_endpoints() {
+    let pki = pki();
+    let h = harness(&pki).await;
+    let host = format!("echo.{DOMAIN}");
+    let tls = connect(h.addr, &host, &h.ca_pem).await.unwrap();
+    let mut send = http1(tls).await;
+    for (method, path, endpoint) in [
+        (
+            "GET",
+            "/.well-known/oauth-authorization-server",
+            AuthEndpoint::AuthorizationServerMetadata,
+        ),
+        (
+            "GET",
+            "/.well-known/openid-configuration",
+            AuthEndpoint::OpenIdConfiguration,
+        ),
+        ("POST", "/token", AuthEndpoint::Token),
+        ("POST", "/register", AuthEndpoint::Register),
+        ("POST", "/revoke", AuthEndpoint::Revoke),
+    ] {
+        let (status, _, body) = request(&mut send, method, &host, path, None, "").await;
+        assert_eq!((status.as_u16(), body.as_str()), (299, "as"), "{path}");
+        let (ctx, seen_path) = h.endpoints.0.lock().unwrap().pop().unwrap();
+        assert_eq!(seen_path, path);
+        assert_eq!(ctx.endpoint, endpoint);
+        assert_eq!(ctx.server_id.as_deref(), Some("route-echo"));
+        assert_eq!(ctx.issuer, format!("https://{host}"));
+        assert_eq!(ctx.resource, format!("https://{host}/mcp"));
+        assert_eq!(ctx.origin, format!("https://{host}"));
+        assert_eq!(ctx.ingress, IngressKind::AnthropicTunnel);
+    }
+    // The approval pages exist only on loopback: here the path is the server's (token required).
+    let (status, _, _) = request(
+        &mut send,
+        "GET",
+        &host,
+        "/_airlock/oauth/authorize",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Path-issuer forms are loopback's; a tunnel host's issuer has no path.
+    let (status, _, _) = request(
+        &mut send,
+        "GET",
+        &host,
+        "/.well-known/oauth-authorization-server/echo",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(h.endpoints.0.lock().unwrap().is_empty());
+    assert!(
+        h.audit.0.lock().unwrap().is_empty(),
+        "unauthenticated requests are not MCP calls"
+    );
+}
+
+#[tokio::test]
+async fn tunnel_resource_urls_resolve_to_their_server() {
+    let pki = pki();
+    let h = harness(&pki).await;
+    let r = h
+        .gateway
+        .resolve_resource(&format!("https://echo.{DOMAIN}/mcp"))
+        .unwrap();
+    assert_eq!(r.server_id, "route-echo");
+    assert_eq!(r.issuer, format!("https://echo.{DOMAIN}"));
+    assert_eq!(r.ingress, IngressKind::AnthropicTunnel);
+    assert_eq!(
+        h.gateway
+            .resolve_resource(&format!("https://other.{DOMAIN}/mcp"))
+            .unwrap()
+            .server_id,
+        "route-other"
+    );
+    for bad in [
+        format!("https://echo.{DOMAIN}/other"),
+        format!("https://echo.{DOMAIN}"),
+        format!("https://nope.{DOMAIN}/mcp"),
+        format!("http://echo.{DOMAIN}/mcp"),
+    ] {
+        assert_eq!(h.gateway.resolve_resource(&bad), None, "{bad}");
+    }
+    // The same terminator serving the relay says so.
+    let relay = h.terminator.clone().with_ingress(IngressKind::Relay);
+    assert_eq!(relay.ingress(), IngressKind::Relay);
+    let r = h
+        .gateway
+        .resolve_resource(&format!("https://echo.{DOMAIN}/mcp"))
+        .unwrap();
+    assert_eq!(r.ingress, IngressKind::Relay);
+    // Dropping every clone of the terminator unregisters its hosts.
+    drop(relay);
+    let Harness {
+        gateway,
+        terminator,
+        _stop,
+        ..
+    } = h;
+    drop(terminator);
+    drop(_stop);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while gateway
+        .resolve_resource(&format!("https://echo.{DOMAIN}/mcp"))
+        .is_some()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hosts stayed registered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
