@@ -552,10 +552,12 @@ pub struct EchoAgentOptions {
 
 impl Default for EchoAgentOptions {
     fn default() -> Self {
-        let mut link = LinkOptions::default();
         // Reconnect quickly in tests (the policy itself is unit-tested in the relay crate).
-        link.initial_backoff = Duration::from_millis(100);
-        link.max_backoff = Duration::from_millis(500);
+        let link = LinkOptions {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+            ..LinkOptions::default()
+        };
         Self {
             link,
             identity: None,
