@@ -9,6 +9,8 @@ use serde_json::Value;
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// `anthropic-beta` sent on every call.
 pub const MANAGED_AGENTS_BETA: &str = "managed-agents-2026-04-01";
+/// `anthropic-beta` of the skill download calls (added to the managed-agents one).
+pub const SKILLS_BETA: &str = "managed-agents-2026-04-01,skills-2025-10-02";
 
 /// A failed API call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -130,8 +132,14 @@ impl ApiClient {
                 "user-agent",
                 concat!("airlock-worker/", env!("CARGO_PKG_VERSION")),
             );
-        for (k, v) in headers {
-            rb = rb.header(*k, *v);
+        if let Some(h) = rb.headers_mut() {
+            for (k, v) in headers {
+                let name = http::HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|e| ApiError::Transport(format!("header {k}: {e}")))?;
+                let value = http::HeaderValue::from_str(v)
+                    .map_err(|e| ApiError::Transport(format!("header {k}: {e}")))?;
+                h.insert(name, value);
+            }
         }
         let payload = match body {
             Some(v) => {
@@ -317,6 +325,56 @@ impl ApiClient {
             None,
         )
         .await
+    }
+
+    /// `GET /v1/skills/{id}/versions/{version}` (`version` may be an alias such as `latest`).
+    pub async fn skill_version(
+        &self,
+        skill_id: &str,
+        version: &str,
+        token: &str,
+    ) -> Result<Value, ApiError> {
+        let path = format!("/v1/skills/{skill_id}/versions/{version}");
+        let beta = [("anthropic-beta", SKILLS_BETA)];
+        self.call(http::Method::GET, &path, token, &[], &beta, None, None)
+            .await
+    }
+
+    /// `GET /v1/skills/{id}/versions/{version_id}/content`: the archive, at most `limit` bytes.
+    pub async fn skill_content(
+        &self,
+        skill_id: &str,
+        version_id: &str,
+        token: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>, ApiError> {
+        use http_body_util::BodyExt as _;
+        let path = format!("/v1/skills/{skill_id}/versions/{version_id}/content");
+        let headers = [
+            ("anthropic-beta", SKILLS_BETA),
+            ("accept", "application/binary"),
+        ];
+        let fut = async {
+            let resp = self
+                .send(http::Method::GET, &path, token, &[], &headers, None)
+                .await?;
+            let status = resp.status().as_u16();
+            let limited = http_body_util::Limited::new(resp.into_body(), limit);
+            let bytes = limited
+                .collect()
+                .await
+                .map_err(|e| {
+                    ApiError::Transport(format!("skill archive (limit {limit} bytes): {e}"))
+                })?
+                .to_bytes();
+            if !(200..300).contains(&status) {
+                return Err(status_error(status, &bytes));
+            }
+            Ok(bytes.to_vec())
+        };
+        tokio::time::timeout(self.timeout * 5, fut)
+            .await
+            .unwrap_or_else(|_| Err(ApiError::Transport("skill download timed out".into())))
     }
 
     /// Opens `GET /v1/sessions/{id}/events/stream` and returns a stream of parsed events.

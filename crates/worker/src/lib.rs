@@ -182,7 +182,20 @@ pub trait SessionTools: Send {
     ) -> BoxFuture<'a, ToolOutput>;
     /// Teardown (kill shells, remove per-session files).
     fn close(&mut self) -> BoxFuture<'_, ()>;
+    /// Unpacks a downloaded skill archive (zip or tar) into `<workdir>/skills/<name>/`, refusing
+    /// unsafe members. The default refuses skills.
+    fn install_skill<'a>(
+        &'a mut self,
+        name: &'a str,
+        archive: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        let _ = (name, archive);
+        Box::pin(async { Err("this executor does not install skills".to_string()) })
+    }
 }
+
+/// Largest skill archive the worker downloads.
+pub const MAX_SKILL_ARCHIVE: usize = 64 * 1024 * 1024;
 
 /// Coarse state of the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -629,6 +642,7 @@ impl Worker {
             tracing::info!(session_id = %item.data_id, "session already terminated; nothing to run");
             return Ok(());
         }
+        let session_for_skills = session.clone();
         let ctx = SessionContext {
             session_id: item.data_id.clone(),
             work_id: item.id.clone(),
@@ -640,10 +654,87 @@ impl Worker {
             _ = cancel.cancelled() => return Ok(()),
             r = self.executor.open_session(ctx) => r.map_err(|e| format!("opening the session's tools: {e}"))?,
         };
+        for skill in ctx_skills(&session_for_skills) {
+            tokio::select! {
+                _ = lease.ended().cancelled() => break,
+                _ = cancel.cancelled() => break,
+                r = self.install_skill(&skill, cred, &mut tools) => {
+                    if let Err(e) = r {
+                        tracing::warn!(skill = %skill, error = %e, "skill not installed");
+                    }
+                }
+            }
+        }
         let result =
             runner::run_session(self, &item.data_id, cred, &mut tools, lease, cancel).await;
         tools.close().await;
         result
+    }
+}
+
+impl Worker {
+    /// Downloads one of the agent's skills and hands it to the executor (the SDKs' order: resolve
+    /// the version, name the directory after the version's `name`, download by the concrete id).
+    async fn install_skill(
+        &self,
+        skill: &Value,
+        cred: &str,
+        tools: &mut Box<dyn SessionTools>,
+    ) -> Result<(), String> {
+        let skill_id = skill
+            .get("skill_id")
+            .and_then(Value::as_str)
+            .ok_or("a skill without skill_id")?;
+        let version = match skill.get("version") {
+            Some(Value::String(v)) => v.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => "latest".to_string(),
+        };
+        let v = self
+            .api
+            .skill_version(skill_id, &version, cred)
+            .await
+            .map_err(|e| format!("skill {skill_id} version {version}: {e}"))?;
+        let version_id = v
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("skill {skill_id}: version without id"))?;
+        let name = skill_dir_name(
+            v.get("name").and_then(Value::as_str).unwrap_or(""),
+            skill_id,
+        );
+        let archive = self
+            .api
+            .skill_content(skill_id, version_id, cred, MAX_SKILL_ARCHIVE)
+            .await
+            .map_err(|e| format!("skill {skill_id}: {e}"))?;
+        tools.install_skill(&name, archive).await?;
+        tracing::info!(skill_id, version = version_id, dir = %name, "installed skill");
+        Ok(())
+    }
+}
+
+/// The skills of the session's agent (`session.agent.skills`).
+fn ctx_skills(session: &Value) -> Vec<Value> {
+    session
+        .pointer("/agent/skills")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// One safe path component named after the skill (the last segment of its name), else its id.
+pub fn skill_dir_name(name: &str, skill_id: &str) -> String {
+    let safe = |c: &str| !(c.is_empty() || c == "." || c == ".." || c.contains('\0'));
+    let base = name.trim().rsplit(['/', '\\']).next().unwrap_or("").trim();
+    if safe(base) {
+        return base.to_string();
+    }
+    let id = skill_id.rsplit(['/', '\\']).next().unwrap_or("");
+    if safe(id) {
+        id.to_string()
+    } else {
+        "skill".to_string()
     }
 }
 
@@ -747,6 +838,16 @@ mod tests {
         let none =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"api_base_url":"x"}"#);
         assert_eq!(sessions_token_from_secret(&none), None);
+    }
+
+    #[test]
+    fn skill_directories_are_one_safe_component() {
+        assert_eq!(skill_dir_name("pdf-tools", "skill_1"), "pdf-tools");
+        assert_eq!(skill_dir_name("../../etc", "skill_1"), "etc");
+        assert_eq!(skill_dir_name(" a/b/c ", "skill_1"), "c");
+        assert_eq!(skill_dir_name("..", "skill_1"), "skill_1");
+        assert_eq!(skill_dir_name("", "skill_1"), "skill_1");
+        assert_eq!(skill_dir_name("x/", "skill_1"), "skill_1");
     }
 
     #[test]
