@@ -1,7 +1,7 @@
 //! One item against a scripted fake of the API: the per-item sessions token is the bearer of every
 //! per-item call, skills are resolved, downloaded (with the skills beta) and handed to the executor,
 //! a failing skill does not fail the item, and teardown force-stops it.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::type_complexity)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
