@@ -360,7 +360,9 @@ impl Driver {
         let own = self.own.take()?;
         Some(match own.task.await {
             Ok(result) => result,
-            Err(join) => Err(AgentError::Invalid(format!("the agent task failed: {join}"))),
+            Err(join) => Err(AgentError::Invalid(format!(
+                "the agent task failed: {join}"
+            ))),
         })
     }
 

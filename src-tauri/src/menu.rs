@@ -311,11 +311,7 @@ impl MenuModel {
         } else {
             "Quit"
         };
-        entries.push(plain(
-            ID_QUIT,
-            quit,
-            state.agent != AgentStatus::Stopping,
-        ));
+        entries.push(plain(ID_QUIT, quit, state.agent != AgentStatus::Stopping));
 
         MenuModel {
             entries,
@@ -580,7 +576,10 @@ mod tests {
                 "Quit"
             ]
         );
-        assert!(!item(&model, ID_SERVERS).enabled, "heading is not clickable");
+        assert!(
+            !item(&model, ID_SERVERS).enabled,
+            "heading is not clickable"
+        );
         let github = item(&model, "server:a1");
         assert_eq!(github.checked, Some(true));
         assert!(github.enabled);
@@ -869,7 +868,9 @@ mod tests {
             MenuAction::from_id(ID_AUTOSTART),
             Some(MenuAction::ToggleAutostart)
         );
-        for inert in [ID_STATUS, ID_TUNNEL, ID_SERVERS, "server:", "copy:", "bogus"] {
+        for inert in [
+            ID_STATUS, ID_TUNNEL, ID_SERVERS, "server:", "copy:", "bogus",
+        ] {
             assert_eq!(MenuAction::from_id(inert), None, "{inert}");
         }
         assert_eq!(

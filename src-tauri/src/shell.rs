@@ -364,7 +364,13 @@ fn toggle_autostart<R: Runtime>(app: &AppHandle<R>) {
     let autolaunch = app.autolaunch();
     let result = autolaunch
         .is_enabled()
-        .and_then(|on| if on { autolaunch.disable() } else { autolaunch.enable() })
+        .and_then(|on| {
+            if on {
+                autolaunch.disable()
+            } else {
+                autolaunch.enable()
+            }
+        })
         .and_then(|()| autolaunch.is_enabled());
     match result {
         Ok(on) => send(app, Intent::Autostart(Some(on))),
@@ -381,6 +387,13 @@ pub fn quit<R: Runtime>(app: &AppHandle<R>) {
     let Some(link) = lock(&shell.link).take() else {
         return; // already quitting
     };
+    // Close the window first: its page holds the agent's event stream open,
+    // and the agent's graceful shutdown waits for open connections.
+    if let Some(window) = app.get_webview_window(MAIN_WINDOW)
+        && let Err(err) = window.destroy()
+    {
+        tracing::warn!("cannot close the window: {err}");
+    }
     let mut stopping = lock(&shell.state).clone();
     stopping.agent = AgentStatus::Stopping;
     if let Err(err) = apply_state(app, stopping) {

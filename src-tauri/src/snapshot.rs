@@ -336,7 +336,10 @@ mod tests {
         let s = servers(&d.servers);
         assert_eq!(s.len(), 3);
         assert_eq!(s[0].id, "a1");
-        assert_eq!(s[0].url.as_deref(), Some("http://127.0.0.1:4000/github/mcp"));
+        assert_eq!(
+            s[0].url.as_deref(),
+            Some("http://127.0.0.1:4000/github/mcp")
+        );
         assert!(!s[2].exposable);
         assert_eq!(s[1].url, None);
         d.servers["servers"][0]["tunnel_url"] = json!("https://github.t.example/mcp");
@@ -359,9 +362,12 @@ mod tests {
 
     #[test]
     fn tunnel_states_from_status() {
-        let with = |cf: Value| json!({"anthropic": {"tunnel_domain": "t.example", "cloudflared": cf}});
+        let with =
+            |cf: Value| json!({"anthropic": {"tunnel_domain": "t.example", "cloudflared": cf}});
         assert_eq!(
-            tunnel(&with(json!({"state": "running", "connections": 4, "pid": 9}))),
+            tunnel(&with(
+                json!({"state": "running", "connections": 4, "pid": 9})
+            )),
             TunnelStatus::Connected { connections: 4 }
         );
         assert_eq!(
@@ -380,7 +386,10 @@ mod tests {
             tunnel(&with(json!({"state": "not_installed", "hint": "apt"}))),
             TunnelStatus::Down { .. }
         ));
-        assert!(matches!(tunnel(&with(Value::Null)), TunnelStatus::Down { .. }));
+        assert!(matches!(
+            tunnel(&with(Value::Null)),
+            TunnelStatus::Down { .. }
+        ));
     }
 
     #[test]
@@ -452,7 +461,10 @@ mod tests {
             n[0].body,
             "Claude <b> wants access to github. Open Airlock to approve or deny."
         );
-        assert!(notices(&after, &after).is_empty(), "same approval: no repeat");
+        assert!(
+            notices(&after, &after).is_empty(),
+            "same approval: no repeat"
+        );
         d.approvals = Some(json!([{"id": "p1"}, {"id": "p2"}, {"id": "p3"}]));
         let more = tray_state(&d, false, None);
         let n = notices(&after, &more);
