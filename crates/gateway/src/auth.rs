@@ -698,9 +698,15 @@ impl Gateway {
                 }
             }
         }
-        let resp = self
+        let mut resp = self
             .handle(&p.server_id, Request::from_parts(parts, body))
             .await;
+        if let Some(tools) = &access.tools
+            && summary.method == "tools/list"
+            && resp.status().is_success()
+        {
+            resp = filter_tool_list(resp, tools.clone(), self.options().max_body_bytes).await;
+        }
         call.status = resp.status().as_u16();
         audited(resp, call, p.started, rs.audit.clone())
     }
@@ -917,6 +923,138 @@ fn summarize(body: &[u8]) -> Summary {
     s
 }
 
+/// Drops the tools outside `allowed` from the `result.tools` of one JSON-RPC message (other messages unchanged).
+fn filter_message(msg: &mut serde_json::Value, allowed: &[String]) -> bool {
+    let Some(tools) = msg
+        .get_mut("result")
+        .and_then(|r| r.get_mut("tools"))
+        .and_then(|t| t.as_array_mut())
+    else {
+        return false;
+    };
+    tools.retain(|t| {
+        t.get("name")
+            .and_then(|n| n.as_str())
+            .is_some_and(|n| allowed.iter().any(|a| a == n))
+    });
+    true
+}
+
+/// Filters one SSE event: `data:` lines that hold a `tools/list` result lose the tools outside the grant.
+fn filter_event(event: &[u8], allowed: &[String]) -> Bytes {
+    let Ok(text) = std::str::from_utf8(event) else {
+        return Bytes::copy_from_slice(event);
+    };
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (content, eol) = match line.strip_suffix("\r\n") {
+            Some(c) => (c, "\r\n"),
+            None => match line.strip_suffix('\n') {
+                Some(c) => (c, "\n"),
+                None => (line, ""),
+            },
+        };
+        if let Some(data) = content.strip_prefix("data:")
+            && let Ok(mut msg) = serde_json::from_str::<serde_json::Value>(data.trim_start())
+            && filter_message(&mut msg, allowed)
+        {
+            out.push_str("data: ");
+            out.push_str(&msg.to_string());
+            out.push_str(eol);
+        } else {
+            out.push_str(line);
+        }
+    }
+    Bytes::from(out)
+}
+
+/// Position just after the first SSE event terminator (blank line) in `buf`.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Under a tool-narrowed grant, `tools/list` shows only the granted tools (JSON answers are read whole, SSE answers
+/// event by event as they stream; each is bounded by `limit`).
+async fn filter_tool_list(
+    resp: Response<Body>,
+    allowed: Vec<String>,
+    limit: usize,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if content_type.starts_with("application/json") {
+        let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(_) => {
+                return crate::ingress::json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "the server's tools/list answer could not be read",
+                );
+            }
+        };
+        let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(mut msg) => {
+                if filter_message(&mut msg, &allowed) {
+                    Bytes::from(msg.to_string())
+                } else {
+                    bytes
+                }
+            }
+            Err(_) => bytes,
+        };
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::from(body));
+    }
+    if !content_type.starts_with("text/event-stream") {
+        return Response::from_parts(parts, body);
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let state = (body.into_data_stream(), bytes::BytesMut::new(), false);
+    let stream = futures::stream::unfold(state, move |(mut inner, mut buf, mut done)| {
+        let allowed = allowed.clone();
+        async move {
+            use futures::StreamExt;
+            loop {
+                if let Some(end) = event_end(&buf) {
+                    let event = buf.split_to(end);
+                    return Some((Ok(filter_event(&event, &allowed)), (inner, buf, done)));
+                }
+                if done {
+                    if buf.is_empty() {
+                        return None;
+                    }
+                    let rest = buf.split().freeze();
+                    return Some((Ok(rest), (inner, buf, done)));
+                }
+                match inner.next().await {
+                    Some(Ok(chunk)) => {
+                        buf.extend_from_slice(&chunk);
+                        if buf.len() > limit {
+                            return Some((
+                                Err(axum::Error::new("an SSE event exceeds the size limit")),
+                                (inner, bytes::BytesMut::new(), true),
+                            ));
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), (inner, bytes::BytesMut::new(), true))),
+                    None => done = true,
+                }
+            }
+        }
+    });
+    Response::from_parts(parts, Body::from_stream(stream))
+}
+
 /// Wraps the response body so that one [`McpCall`] is reported when it ends or is dropped.
 fn audited(
     resp: Response<Body>,
@@ -1083,6 +1221,29 @@ mod tests {
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
         h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
         assert_eq!(bearer(&h), Err(TokenRejection::Invalid));
+    }
+
+    #[test]
+    fn tool_lists_are_filtered_per_event() {
+        let allowed = vec!["echo".to_string()];
+        let list =
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"add"}]}}"#;
+        let event = format!("id: 1\nevent: message\ndata: {list}\n\n");
+        let out = filter_event(event.as_bytes(), &allowed);
+        let out = std::str::from_utf8(&out).unwrap_or_default();
+        assert!(out.starts_with("id: 1\nevent: message\ndata: "), "{out}");
+        assert!(
+            out.ends_with("\n\n") && out.contains("echo") && !out.contains("add"),
+            "{out}"
+        );
+        let other = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\r\n\r\n";
+        assert_eq!(
+            &filter_event(other.as_bytes(), &allowed)[..],
+            other.as_bytes()
+        );
+        assert_eq!(event_end(b"a\n\nb"), Some(3));
+        assert_eq!(event_end(b"a\r\n\r\nb\n\n"), Some(5));
+        assert_eq!(event_end(b"data: x\n"), None);
     }
 
     #[test]

@@ -512,6 +512,13 @@ async fn scopes_and_tool_lists_are_enforced_per_request() {
 
     // Tool-narrowed grant: echo yes, add no (403 insufficient_scope naming the tool).
     let narrow = connect(&h.url("fx"), "echo-only").await;
+    // Its tools/list shows only the granted tools.
+    let listed = tokio::time::timeout(BOUND, narrow.peer().list_tools(None))
+        .await
+        .unwrap()
+        .unwrap();
+    let names: Vec<String> = listed.tools.iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(names, ["echo"]);
     assert_eq!(
         call(&narrow, "echo", json!({"text": "hello"}))
             .await
