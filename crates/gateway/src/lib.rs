@@ -12,12 +12,55 @@
 //!   server requests by the in-flight request that caused them, list_changed to every session.
 //! - `http_proxy` (private): reverse proxy for MCP servers already listening on loopback/private
 //!   addresses (streaming bodies, credentials and hop-by-hop headers stripped).
-//! - [`ingress`]: who may call and how connections arrive — the [`Authorizer`] trait,
-//!   [`BearerToken`], the loopback ingress [`serve_loopback`] (`/<slug>/...` routing, Host/Origin
-//!   checks) and [`serve_connection`] for any byte stream.
+//! - [`auth`]: the OAuth 2.1 resource server every ingress goes through (below).
+//! - [`ingress`]: how connections arrive — the loopback ingress [`serve_loopback`] (`/<slug>/...`
+//!   routing, Host/Origin checks) and [`serve_connection`] for any byte stream — and who may call,
+//!   [`Protection`]: [`Protection::OAuth`] (a [`ResourceServer`]) or the transitional
+//!   [`Protection::Static`] (an [`Authorizer`] such as [`BearerToken`], kept until the agent is
+//!   switched; it serves no metadata).
 //!
-//! [`Gateway`] ties them together: a registry of routes, their health ([`RouteStatus`]) and a
-//! per-route HTTP entry point ([`Gateway::handle`]).
+//! [`Gateway`] ties them together: a registry of routes, their health ([`RouteStatus`]), a
+//! per-route HTTP entry point without any checks ([`Gateway::handle`]) and the protected entry
+//! point every ingress calls ([`Gateway::serve_protected`]).
+//!
+//! ## Resource server (module [`auth`])
+//! The gateway verifies tokens but does not issue them: the embedding application supplies three
+//! traits, bundled with [`ResourceServer::new`]:
+//! - [`AccessVerifier::verify`]`(server_id, token) -> Result<`[`Access`]`, `[`TokenRejection`]`>`:
+//!   sync and cheap, on every request. [`Access`] = grant id, client id and name, [`Scopes`]
+//!   (`read` = `mcp:read`, `call` = `mcp:call`) and an optional tool list.
+//! - [`AuthEndpoints::handle`]`(`[`EndpointContext`]`, request) -> BoxFuture<Response>`: the
+//!   authorization server's paths; the context says which [`AuthEndpoint`], which server
+//!   (`server_id`, `None` for the approval pages), its `issuer` and `resource` URL on this ingress,
+//!   the `origin`, the TCP `peer` and the [`IngressKind`]. The request is handed over unchanged.
+//! - [`AuditSink::mcp_call`]`(`[`McpCall`]`)`: one record per authenticated MCP request (server,
+//!   grant, client, JSON-RPC method(s), tool name(s), status, bytes in/out, duration, ingress; never
+//!   arguments), sent when the response body ends — SSE is counted as it streams, not buffered.
+//!   Must not block.
+//!
+//! Identities: a server is its route id. Its **resource URL** on an ingress is origin + MCP path
+//! ([`Gateway::mcp_path`]: `/mcp` for stdio, the upstream URL's path for HTTP): on a tunnel/relay
+//! host `https://<host>/mcp` (issuer `https://<host>`), on loopback `http://127.0.0.1:<port>/<slug>/mcp`
+//! (issuer `http://127.0.0.1:<port>/<slug>`; the origin follows the `Host` the client sent, so
+//! `localhost` works too). [`Gateway::resolve_resource`] maps any of these URLs back to the server
+//! (the authorization server uses it to bind `resource` to a server); the inner-TLS terminator
+//! registers its hostnames with [`Gateway::register_hosts`], [`serve_loopback`] its port
+//! ([`Gateway::loopback_origin`] is where `/_airlock/oauth/…` lives).
+//!
+//! Per request ([`Gateway::serve_protected`] has the path table): metadata (RFC 9728: `resource`,
+//! `authorization_servers: [issuer]`, `scopes_supported`, `bearer_methods_supported: ["header"]`)
+//! at `/.well-known/oauth-protected-resource<resource path>` and, on per-server hosts, the root
+//! well-known — never behind auth; authorization-server paths go to [`AuthEndpoints`]; anything else
+//! needs `Authorization: Bearer` — missing or refused → `401` with `WWW-Authenticate: Bearer
+//! [error="invalid_token", error_description="…", ]resource_metadata="<absolute URL>",
+//! scope="mcp:read mcp:call"`; the POST body (bounded by `max_body_bytes`) is parsed for its
+//! JSON-RPC method(s), batches included, and checked per method ([`auth::scope_for_method`]:
+//! `tools/call` and unknown methods need `mcp:call`, lifecycle/list/get/read/subscribe/notifications
+//! and client responses need `mcp:read`, so does `GET`/`DELETE` of a session; a body that is not
+//! JSON-RPC needs `mcp:call`) and the `tools/call` tool name against the grant's tool list → `403`
+//! with `WWW-Authenticate: Bearer error="insufficient_scope", scope="mcp:read mcp:call",
+//! resource_metadata="…"`. Under a tool-narrowed grant `tools/list` answers show only the granted
+//! tools. The `Authorization` header never reaches the route.
 //!
 //! Semantics worth knowing:
 //! - A stdio route serves its MCP endpoint at `/mcp` (relative to the route). Legacy clients
