@@ -647,8 +647,8 @@ impl Gateway {
             server_id: p.server_id.clone(),
             grant_id: Some(access.grant_id.clone()),
             client_id: Some(access.client_id.clone()),
-            method: summary.method.clone(),
-            tool: (!summary.tools.is_empty()).then(|| summary.tools.join(",")),
+            method: bounded(&summary.method),
+            tool: (!summary.tools.is_empty()).then(|| bounded(&summary.tools.join(","))),
             status: 0,
             bytes_in: summary.bytes_in,
             bytes_out: 0,
@@ -666,7 +666,7 @@ impl Gateway {
                 .tools
                 .iter()
                 .find(|t| !access.allows_tool(t))
-                .map(|t| format!("the tool `{t}` is not part of this grant"))
+                .map(|t| format!("the tool `{}` is not part of this grant", bounded(t)))
         };
         if let Some(reason) = refusal {
             let resp = insufficient_scope(&p.prm_url, &reason);
@@ -832,7 +832,7 @@ fn insufficient_scope(prm_url: &str, reason: &str) -> Response<Body> {
     let scope = all_scopes();
     let challenge = format!(
         "Bearer error=\"insufficient_scope\", scope=\"{scope}\", resource_metadata=\"{prm_url}\", error_description=\"{}\"",
-        reason.replace(['"', '\\'], "'")
+        header_safe(reason)
     );
     oauth_error(
         StatusCode::FORBIDDEN,
@@ -840,6 +840,32 @@ fn insufficient_scope(prm_url: &str, reason: &str) -> Response<Body> {
         reason,
         challenge,
     )
+}
+
+/// Longest method/tool text recorded or echoed (names come from the client).
+const MAX_NAME: usize = 256;
+
+/// `s` cut to [`MAX_NAME`] bytes (on a character boundary), marked with `…` when cut.
+fn bounded(s: &str) -> String {
+    if s.len() <= MAX_NAME {
+        return s.to_owned();
+    }
+    let mut end = MAX_NAME;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Text that can sit inside a quoted header parameter: printable ASCII only, no `"` or `\`.
+fn header_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
+        })
+        .collect()
 }
 
 /// What a request body does, for authorization and audit.
@@ -1244,6 +1270,20 @@ mod tests {
         assert_eq!(event_end(b"a\n\nb"), Some(3));
         assert_eq!(event_end(b"a\r\n\r\nb\n\n"), Some(5));
         assert_eq!(event_end(b"data: x\n"), None);
+    }
+
+    #[test]
+    fn client_names_are_bounded_and_header_safe() {
+        let long = "é".repeat(300);
+        let b = bounded(&long);
+        assert!(b.len() <= MAX_NAME + '…'.len_utf8() && b.ends_with('…'));
+        assert_eq!(bounded("echo"), "echo");
+        assert_eq!(header_safe("a\"b\\c\r\nd é"), "a'b'c??d ?");
+        let r = insufficient_scope("http://x/prm", &format!("the tool `{}`", "\n\"x"));
+        let h = r.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap_or_default();
+        assert!(h.contains("error_description=\"the tool `?'x`\""), "{h}");
     }
 
     #[test]
