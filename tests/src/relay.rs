@@ -548,6 +548,8 @@ pub struct EchoAgentOptions {
     pub link: LinkOptions,
     /// A fixed client identity (the same key across restarts); `None` = a fresh key.
     pub identity: Option<Identity>,
+    /// Connections to the node (each carries at most the relay's `max_streams` streams).
+    pub connections: usize,
 }
 
 impl Default for EchoAgentOptions {
@@ -561,6 +563,7 @@ impl Default for EchoAgentOptions {
         Self {
             link,
             identity: None,
+            connections: 1,
         }
     }
 }
@@ -585,12 +588,13 @@ impl EchoAgent {
             }
         };
         let a = acceptor.clone();
+        let node = RelayNode {
+            addr: tunnel.to_string(),
+            spki_sha256: Some(pin),
+            token: token.to_string(),
+        };
         let link = RelayLink::start(
-            vec![RelayNode {
-                addr: tunnel.to_string(),
-                spki_sha256: Some(pin),
-                token: token.to_string(),
-            }],
+            vec![node; opts.connections.max(1)],
             identity,
             opts.link,
             move |stream, _sni, _client| {
@@ -644,10 +648,11 @@ impl EchoAgent {
         let mut rx = link.status();
         let r = tokio::time::timeout(timeout, async {
             loop {
-                if matches!(
-                    rx.borrow_and_update().first().map(|s| &s.state),
-                    Some(NodeState::Connected { .. })
-                ) {
+                if rx
+                    .borrow_and_update()
+                    .iter()
+                    .all(|s| matches!(s.state, NodeState::Connected { .. }))
+                {
                     return;
                 }
                 if rx.changed().await.is_err() {

@@ -34,7 +34,7 @@ async fn relay_kill_restart_and_drain() {
         &tok.tunnel_domain,
         EchoAgentOptions {
             link: LinkOptions::default(),
-            identity: None,
+            ..EchoAgentOptions::default()
         },
     )
     .await;

@@ -1,8 +1,9 @@
 //! `relay-load`: processes for relay tests and `bench/relay.sh` (loopback only).
 //!
 //! usage:
-//!   relay-load agent   --tunnel ADDR --pin HEX --domain TUNNEL_DOMAIN --ca-out FILE
-//!       Token on stdin (first line). An echo agent (see `airlock_e2e::relay`): prints
+//!   relay-load agent   --tunnel ADDR --pin HEX --domain TUNNEL_DOMAIN --ca-out FILE [--connections 1]
+//!       Token on stdin (first line); `--connections` to the node (streams spread over them).
+//!       An echo agent (see `airlock_e2e::relay`): prints
 //!       `{"direct": ADDR}` once connected to the relay, runs until stdin closes.
 //!   relay-load tunnels --tunnel ADDR --pin HEX --state DIR --domain BASE --count N
 //!       N idle agent connections, one new tunnel token each (signed with the operator key in
@@ -157,7 +158,11 @@ async fn agent(f: &Flags) -> Result<(), String> {
     if token.is_empty() {
         return Err("no token on stdin".into());
     }
-    let agent = EchoAgent::start(tunnel, pin, token, &domain, EchoAgentOptions::default()).await;
+    let opts = EchoAgentOptions {
+        connections: f.num("connections", 1)?.clamp(1, 512) as usize,
+        ..EchoAgentOptions::default()
+    };
+    let agent = EchoAgent::start(tunnel, pin, token, &domain, opts).await;
     std::fs::write(&ca_out, &agent.pki.ca_pem).map_err(|e| format!("--ca-out {ca_out}: {e}"))?;
     agent.connected(Duration::from_secs(60)).await;
     say(json!({"direct": agent.direct.to_string(), "host": agent.host()}));

@@ -12,6 +12,8 @@
 //!   tunnel-load --gateway-url http://127.0.0.1:P/everything/mcp --token T [common flags]
 //!   tunnel-load --ws 127.0.0.1:P --tunnel-url https://everything.<domain>/mcp --ca ca.pem
 //!               --token T [common flags]
+//!   tunnel-load --tls 127.0.0.1:P --tunnel-url https://everything.<domain>:P/mcp --ca ca.pem
+//!               --token T [common flags]     (inner TLS over plain TCP: a relay's public port)
 //!   common: [--concurrency 8] [--duration 10] [--warmup 2] [--tool echo]
 //!           [--args '{"message":"bench"}'] [--expect 'Echo: bench'] [--label NAME]
 
@@ -45,6 +47,12 @@ enum Mode {
     },
     Tunnel {
         ws: SocketAddr,
+        sni: String,
+        tls: Arc<rustls::ClientConfig>,
+    },
+    /// Inner TLS straight over TCP (an Airlock relay's public port; `bench/relay.sh`).
+    Tls {
+        addr: SocketAddr,
         sni: String,
         tls: Arc<rustls::ClientConfig>,
     },
@@ -115,6 +123,7 @@ fn parse_args() -> Result<Args, String> {
     let mut gateway_url = None;
     let mut tunnel_url = None;
     let mut ws = None;
+    let mut tls_addr = None;
     let mut ca = None;
     let mut token = None;
     let mut concurrency = 8usize;
@@ -131,6 +140,7 @@ fn parse_args() -> Result<Args, String> {
             "--gateway-url" => gateway_url = Some(val()?),
             "--tunnel-url" => tunnel_url = Some(val()?),
             "--ws" => ws = Some(val()?),
+            "--tls" => tls_addr = Some(val()?),
             "--ca" => ca = Some(val()?),
             "--token" => token = Some(val()?),
             "--concurrency" => {
@@ -157,34 +167,43 @@ fn parse_args() -> Result<Args, String> {
     if duration > Duration::from_secs(300) || warmup > Duration::from_secs(60) {
         return Err("--duration is capped at 300 s and --warmup at 60 s".into());
     }
-    let (mode, host, path, default_label) = match (gateway_url, tunnel_url, ws, ca) {
-        (Some(url), None, None, None) => {
-            let (authority, path) = split_url(&url, "http")?;
-            let addr = loopback(&authority, "--gateway-url")?;
-            (Mode::Gateway { addr }, authority, path, "gateway")
-        }
-        (None, Some(url), Some(ws), Some(ca)) => {
-            let (authority, path) = split_url(&url, "https")?;
-            let sni = authority
-                .rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(authority.as_str(), |(h, _)| h)
-                .to_string();
-            let mode = Mode::Tunnel {
-                ws: loopback(&ws, "--ws")?,
-                sni,
-                tls: tls_trusting(&ca)?,
-            };
-            (mode, authority, path, "tunnel")
-        }
-        _ => {
-            return Err(
+    let (mode, host, path, default_label) =
+        match (gateway_url, tunnel_url, ws.or(tls_addr.clone()), ca) {
+            (Some(url), None, None, None) => {
+                let (authority, path) = split_url(&url, "http")?;
+                let addr = loopback(&authority, "--gateway-url")?;
+                (Mode::Gateway { addr }, authority, path, "gateway")
+            }
+            (None, Some(url), Some(ws), Some(ca)) => {
+                let (authority, path) = split_url(&url, "https")?;
+                let sni = authority
+                    .rsplit_once(':')
+                    .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                    .map_or(authority.as_str(), |(h, _)| h)
+                    .to_string();
+                let tls = tls_trusting(&ca)?;
+                let mode = match tls_addr {
+                    Some(addr) => Mode::Tls {
+                        addr: loopback(&addr, "--tls")?,
+                        sni,
+                        tls,
+                    },
+                    None => Mode::Tunnel {
+                        ws: loopback(&ws, "--ws")?,
+                        sni,
+                        tls,
+                    },
+                };
+                (mode, authority, path, "tunnel")
+            }
+            _ => {
+                return Err(
                 "give either --gateway-url, or --tunnel-url with --ws and --ca (see the usage in \
                  tests/src/bin/tunnel-load.rs)"
                     .into(),
             );
-        }
-    };
+            }
+        };
     Ok(Args {
         mode,
         host,
@@ -282,6 +301,23 @@ async fn connect(mode: &Mode) -> Result<Sender, String> {
                     .map_err(|e| format!("server name {sni:?}: {e}"))?;
                 let stream = tokio_rustls::TlsConnector::from(tls.clone())
                     .connect(name, bytes)
+                    .await
+                    .map_err(|e| format!("inner TLS handshake for {sni}: {e}"))?;
+                let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
+                tokio::spawn(conn);
+                Ok(send)
+            }
+            Mode::Tls { addr, sni, tls } => {
+                let tcp = TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("connect {addr}: {e}"))?;
+                let _ = tcp.set_nodelay(true);
+                let name = ServerName::try_from(sni.clone())
+                    .map_err(|e| format!("server name {sni:?}: {e}"))?;
+                let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
                     .await
                     .map_err(|e| format!("inner TLS handshake for {sni}: {e}"))?;
                 let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -484,6 +520,7 @@ async fn run(a: Args) -> ExitCode {
     let mode = match a.mode {
         Mode::Gateway { .. } => "gateway",
         Mode::Tunnel { .. } => "tunnel",
+        Mode::Tls { .. } => "tls",
     };
     let out = json!({
         "label": a.label,
