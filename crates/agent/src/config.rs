@@ -567,6 +567,67 @@ mod tests {
     }
 
     #[test]
+    fn relay_edits_round_trip_and_keep_comments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        fs::write(&path, "# mine\n[servers.abc]\nhostname = \"x\"\n").unwrap();
+        let nodes = vec![
+            RelayNodeConfig {
+                addr: "r1.example:7443".into(),
+                fingerprint: Some("ab".repeat(32)),
+            },
+            RelayNodeConfig {
+                addr: "r2.example:7443".into(),
+                fingerprint: None,
+            },
+        ];
+        update(
+            &path,
+            Edit::SetRelayNodes {
+                nodes: &nodes,
+                public_port: Some(8443),
+            },
+        )
+        .unwrap();
+        update(&path, Edit::SetRelayDomain("t1.relay.example")).unwrap();
+        update(
+            &path,
+            Edit::SetEmbedded {
+                port: 4000,
+                domain: "e1.airlock.localhost",
+            },
+        )
+        .unwrap();
+        let cfg = update(
+            &path,
+            Edit::SetLocalPort {
+                id: "abc",
+                port: 4001,
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.relay.nodes, nodes);
+        assert_eq!(cfg.relay.public_port, Some(8443));
+        assert_eq!(cfg.relay.tunnel_domain.as_deref(), Some("t1.relay.example"));
+        assert_eq!(cfg.relay.embedded_port, Some(4000));
+        assert_eq!(cfg.servers["abc"].local_port, Some(4001));
+        assert!(
+            !cfg.relay.embedded_active(false),
+            "nodes win over the embedded relay"
+        );
+        assert!(fs::read_to_string(&path).unwrap().contains("# mine"));
+        assert_eq!(load(&path).unwrap(), cfg);
+        let empty = RelaySection::default();
+        assert!(empty.embedded_active(false));
+        assert!(
+            !empty.embedded_active(true),
+            "[anthropic] turns the embedded relay off"
+        );
+        assert!(parse_fingerprint(&"AB:".repeat(32)).is_ok());
+        assert!(parse_fingerprint("abcd").is_err());
+    }
+
+    #[test]
     fn atomic_write_leaves_no_temp_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
