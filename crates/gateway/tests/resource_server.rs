@@ -916,3 +916,85 @@ async fn http_upstream_gets_no_token_and_its_path_is_the_resource() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stream_is_audited_when_it_closes_with_every_streamed_byte() {
+    let h = Harness::start().await;
+    h.expose_fixture("fx-id", "fx").await;
+    h.grants.add("t", "fx-id", Scopes::ALL, None);
+    let r = h.post(&h.url("fx"), Some("t"), &init_body()).await;
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let _ = r.bytes().await;
+    let session_req = |method: reqwest::Method| {
+        h.http
+            .request(method, h.url("fx"))
+            .bearer_auth("t")
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-session-id", sid.clone())
+            .header("mcp-protocol-version", "2025-11-25")
+    };
+    let r = session_req(reqwest::Method::POST)
+        .body(json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let _ = r.bytes().await;
+    // The GET stream stays open; a list_changed notification arrives on it.
+    let mut stream = session_req(reqwest::Method::GET).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let r = session_req(reqwest::Method::POST)
+        .body(
+            json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
+                "params":{"name":"notify_tools_changed","arguments":{}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let _ = r.bytes().await;
+    let mut received = Vec::new();
+    while !String::from_utf8_lossy(&received).contains("notifications/tools/list_changed") {
+        let chunk = tokio::time::timeout(BOUND, stream.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the stream stays open");
+        received.extend_from_slice(&chunk);
+    }
+    // Still open: no record for the GET yet (initialize, initialized, tools/call).
+    let before = h.wait_calls(3).await;
+    assert!(before.iter().all(|c| c.method != "GET"), "{before:?}");
+    drop(stream);
+    // Closing the stream ends the response: one GET record, at least every byte the client saw.
+    let deadline = tokio::time::Instant::now() + BOUND;
+    let get = loop {
+        let calls = h.audit.calls.lock().unwrap().clone();
+        if let Some(c) = calls.iter().find(|c| c.method == "GET") {
+            break c.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no GET record: {calls:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (get.status, get.bytes_in, get.tool.as_deref()),
+        (200, 0, None)
+    );
+    assert!(
+        get.bytes_out >= received.len() as u64,
+        "{} < {}",
+        get.bytes_out,
+        received.len()
+    );
+    // DELETE closes the session (a read).
+    let r = session_req(reqwest::Method::DELETE).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let _ = r.bytes().await;
+    let calls = h.wait_calls(5).await;
+    assert_eq!(calls.iter().filter(|c| c.method == "DELETE").count(), 1);
+    h.stop().await;
+}
