@@ -95,7 +95,7 @@ enum Command {
         print: bool,
     },
     /// Run a self-hostable relay node (SNI passthrough: it never reads a payload), or manage its tokens.
-    Relay(RelayArgs),
+    Relay(Box<RelayArgs>),
     /// The Anthropic MCP tunnel: switch from or to Anthropic's proxy, store cloudflared's token.
     #[command(subcommand)]
     Tunnel(TunnelCommand),
@@ -135,6 +135,11 @@ struct RelayArgs {
     /// Relay state (operator key, tunnel certificate, bindings, revocations). Default: $AIRLOCK_HOME/relay.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// Also serve the environments work queue and sessions API (the self-hosted environment protocol of
+    /// Claude Managed Agents) on this address, over plain HTTP: keep it on loopback or put TLS in front.
+    /// Works without --domain (then only the queue runs). Its SQLite state is <state>/envqueue.sqlite.
+    #[arg(long)]
+    api: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -142,8 +147,23 @@ enum RelayCommand {
     /// Tunnel tokens, signed with the operator key and verified offline by every node.
     #[command(subcommand)]
     Token(RelayTokenCommand),
+    /// Environments of the work queue that `airlock relay --api` serves.
+    #[command(subcommand)]
+    Env(RelayEnvCommand),
     /// Print the SHA-256 of the tunnel port's public key (SPKI), which agents pin.
     Fingerprint {
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RelayEnvCommand {
+    /// Create an environment in the reference work queue; prints JSON with `environment_id`,
+    /// `environment_key` (for workers) and `api_key` (for the orchestrating side), shown only now.
+    Create {
+        #[arg(long, default_value = "default")]
+        name: String,
         #[arg(long)]
         state: Option<PathBuf>,
     },
@@ -301,7 +321,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Ca(cmd) => ca(&home, cli.keystore, cmd).await,
         Command::Tunnel(cmd) => tunnel(&home, cli.keystore, cmd).await,
-        Command::Relay(args) => relay(&home, args, cli.log_format).await,
+        Command::Relay(args) => relay(&home, *args, cli.log_format).await,
         Command::Ui { print } => {
             let client = ControlClient::connect(&home)?;
             let link = client.post("/v1/ui/code", &json!({})).await?;
@@ -1094,6 +1114,23 @@ async fn relay(home: &AirlockHome, args: RelayArgs, format: LogFormat) -> Result
             say!("revoked; distribute the revocation file to every relay node");
             Ok(())
         }
+        Some(RelayCommand::Env(RelayEnvCommand::Create { name, state })) => {
+            let db = state_dir(state).join(ENVQUEUE_DB);
+            let store = open_envqueue(db).await.map_err(fail)?;
+            let creds = store
+                .create_environment(&name)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            print_json(&json!({
+                "environment_id": creds.environment_id,
+                "environment_key": creds.environment_key,
+                "api_key": creds.api_key,
+            }));
+            eprintln!(
+                "The keys are shown only now: the environment key goes to workers, the API key to the orchestrating side."
+            );
+            Ok(())
+        }
         Some(RelayCommand::Fingerprint { state }) => {
             let dir = state_dir(state);
             let identity = tokio::task::spawn_blocking(move || {
@@ -1110,15 +1147,46 @@ async fn relay(home: &AirlockHome, args: RelayArgs, format: LogFormat) -> Result
             Ok(())
         }
         None => {
-            let Some(domain) = args.domain else {
+            if args.domain.is_none() && args.api.is_none() {
                 return Err(Failure {
                     code: 2,
                     message:
-                        "`airlock relay` needs --domain BASE (tunnels live at <tunnel-id>.BASE)"
+                        "`airlock relay` needs --domain BASE (tunnels live at <tunnel-id>.BASE) \
+                              and/or --api ADDR (the environments work queue)"
                             .into(),
                 });
-            };
+            }
             init_logging(format);
+            let shutdown = CancellationToken::new();
+            tokio::spawn(wait_for_signal(shutdown.clone()));
+            let api_task = match args.api {
+                Some(addr) => {
+                    let db = state_dir(args.state.clone()).join(ENVQUEUE_DB);
+                    let store = open_envqueue(db.clone()).await.map_err(fail)?;
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| fail(format!("cannot listen on --api {addr}: {e}")))?;
+                    let local = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+                    if !local.ip().is_loopback() {
+                        tracing::warn!(%local, "the work queue API is plain HTTP: put TLS in front of it");
+                    }
+                    tracing::info!(api = %local, db = %db.display(), "work queue API ready");
+                    let stop = shutdown.clone();
+                    Some(tokio::spawn(async move {
+                        axum::serve(listener, airlock_envqueue::router(store))
+                            .with_graceful_shutdown(async move { stop.cancelled().await })
+                            .await
+                    }))
+                }
+                None => None,
+            };
+            let Some(domain) = args.domain else {
+                shutdown.cancelled().await;
+                if let Some(t) = api_task {
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+                }
+                return Ok(());
+            };
             let mut cfg = airlock_relay::RelayConfig::new(state_dir(args.state), &domain);
             cfg.public_listen = args.public;
             cfg.tunnel_listen = args.tunnel;
@@ -1133,14 +1201,24 @@ async fn relay(home: &AirlockHome, args: RelayArgs, format: LogFormat) -> Result
                 pin = %hex::encode(relay.tunnel_spki_sha256()),
                 "relay node ready"
             );
-            let shutdown = CancellationToken::new();
-            tokio::spawn(wait_for_signal(shutdown.clone()));
             relay
                 .run(async move { shutdown.cancelled().await })
                 .await
                 .map_err(|e| fail(e.to_string()))
         }
     }
+}
+
+/// The reference work queue's database under the relay state directory.
+const ENVQUEUE_DB: &str = "envqueue.sqlite";
+
+async fn open_envqueue(db: PathBuf) -> Result<airlock_envqueue::Store, String> {
+    tokio::task::spawn_blocking(move || {
+        airlock_envqueue::Store::open(&db, airlock_envqueue::StoreOptions::default())
+            .map_err(|e| format!("work queue state {}: {e}", db.display()))
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// Tells a running agent to reload its certificates (best effort: it also checks on its own).
