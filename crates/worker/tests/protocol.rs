@@ -542,3 +542,30 @@ async fn a_graceful_stop_cancels_the_call_in_flight_and_stops_the_item() {
     handle.stop().await.unwrap();
     assert_eq!(worker.status().borrow().state, WorkerState::Stopped);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_environment_key_stops_the_worker_with_a_clear_error() {
+    let q = serve(StoreOptions::default()).await;
+    let mut cfg = quick_config(&q.base, &q, "a");
+    cfg.environment_key = airlock_worker::Secret::new("not-the-key");
+    let worker = Worker::new(cfg, Arc::new(RecordingExecutor::new("a", Arc::default()))).unwrap();
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        worker.run(CancellationToken::new()),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        matches!(&err, airlock_worker::WorkerError::PollRejected(e) if e.status() == Some(401)),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("check the environment id and key"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("not-the-key"));
+    let st = worker.status().borrow().clone();
+    assert_eq!(st.state, WorkerState::Failed);
+    assert!(st.last_error.is_some());
+}
