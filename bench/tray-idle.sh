@@ -102,7 +102,7 @@ measure() {
     printf '[discovery]\nprobe_running = false\n\n[keystore]\nbackend = "file"\n' >"$home/airlock/config.toml"
     HOME="$home/home" AIRLOCK_HOME="$home/airlock" XDG_CONFIG_HOME="$home/home/.config" \
         XDG_DATA_HOME="$home/home/.local/share" XDG_CACHE_HOME="$home/home/.cache" \
-        AIRLOCK_TRAY_SHOW="$show" WEBKIT_DISABLE_COMPOSITING_MODE=1 WEBKIT_DISABLE_DMABUF_RENDERER=1 \
+        AIRLOCK_TRAY_SHOW="$show" \
         RUST_LOG=warn "$TRAY" >"$home/tray.log" 2>&1 &
     TRAY_PID=$!
     local waited=0

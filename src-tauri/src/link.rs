@@ -24,7 +24,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::menu::{AgentStatus, TrayState, TunnelStatus};
-use crate::snapshot::{self, APPROVALS_PATH, Documents, Notice, SANDBOX_PATH};
+use crate::snapshot::{self, APPROVALS_PATH, Documents, Notice, OAUTH_EVENTS_PATH, SANDBOX_PATH};
 use crate::sse::SseParser;
 
 /// Events arriving this close together cause one refetch.
@@ -421,23 +421,29 @@ impl Driver {
             Ok(http) => http,
             Err(e) => return SessionEnd::Lost(format!("HTTP client: {e}")),
         };
-        let response = http
-            .get(format!("{}/v1/events", info.api_url))
-            .bearer_auth(&info.token)
-            .header("Accept", "text/event-stream")
-            .send()
-            .await;
-        let mut response = match response {
+        let open = |path: &str| {
+            http.get(format!("{}{path}", info.api_url))
+                .bearer_auth(&info.token)
+                .header("Accept", "text/event-stream")
+                .send()
+        };
+        let mut response = match open("/v1/events").await {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => return SessionEnd::Lost(format!("event stream answered {}", r.status())),
             Err(e) => return SessionEnd::Lost(format!("event stream: {e}")),
         };
-        tracing::info!(api = %info.api_url, attached, "following the agent's events");
+        // Approvals raised and decided, where the agent has the OAuth server.
+        let mut oauth = match open(OAUTH_EVENTS_PATH).await {
+            Ok(r) if r.status().is_success() => Some(r),
+            _ => None,
+        };
+        tracing::info!(api = %info.api_url, attached, oauth_events = oauth.is_some(), "following the agent's events");
         if let Err(e) = self.refresh(&client, attached).await {
             return SessionEnd::Lost(e);
         }
 
         let mut parser = SseParser::default();
+        let mut oauth_parser = SseParser::default();
         let mut dirty_at: Option<Instant> = None;
         let mut idle_deadline = Instant::now() + STREAM_IDLE;
         let mut tunnel_deadline = Instant::now() + TUNNEL_REFRESH;
@@ -465,6 +471,17 @@ impl Driver {
                     }
                     Ok(None) => return SessionEnd::Lost("the event stream ended".to_owned()),
                     Err(e) => return SessionEnd::Lost(format!("event stream: {e}")),
+                },
+                chunk = next_chunk(&mut oauth), if oauth.is_some() => match chunk {
+                    Ok(Some(data)) => match oauth_parser.feed(&data) {
+                        Ok(events) if !events.is_empty() => {
+                            dirty_at.get_or_insert(Instant::now() + DEBOUNCE);
+                        }
+                        Ok(_) => {}
+                        Err(e) => return SessionEnd::Lost(e.to_string()),
+                    },
+                    Ok(None) => return SessionEnd::Lost("the OAuth event stream ended".to_owned()),
+                    Err(e) => return SessionEnd::Lost(format!("OAuth event stream: {e}")),
                 },
                 _ = sleep_until(refresh_at), if dirty_at.is_some() => {
                     dirty_at = None;
@@ -550,6 +567,15 @@ impl Driver {
             body: crate::menu::clean(&format!("{what}: {error}")),
         };
         let _ = self.notices.try_send(notice);
+    }
+}
+
+/// The next chunk of an optional stream (never called on `None`: the select
+/// branch is disabled then).
+async fn next_chunk(stream: &mut Option<reqwest::Response>) -> reqwest::Result<Option<Vec<u8>>> {
+    match stream {
+        Some(r) => Ok(r.chunk().await?.map(|b| b.to_vec())),
+        None => std::future::pending().await,
     }
 }
 

@@ -16,6 +16,9 @@ use crate::menu::{
 
 /// Path of the approvals list (pending OAuth grants).
 pub const APPROVALS_PATH: &str = "/v1/approvals";
+/// The OAuth server's own event stream (approvals raised and decided), where
+/// the agent serves it next to `/v1/events`.
+pub const OAUTH_EVENTS_PATH: &str = "/v1/oauth/events";
 /// Path of the sandbox state; `POST {SANDBOX_PATH}/on|off` switches it.
 pub const SANDBOX_PATH: &str = "/v1/sandbox";
 
@@ -47,7 +50,11 @@ fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
 }
 
 /// The servers of `GET /v1/servers`, skipping entries without an id.
-pub fn servers(doc: &Value) -> Vec<ServerEntry> {
+///
+/// "Copy URL" copies what a cloud agent can reach: the Anthropic tunnel URL,
+/// else the relay URL when the agent uses relay nodes (`public_relay`), else
+/// the loopback gateway URL.
+pub fn servers(doc: &Value, public_relay: bool) -> Vec<ServerEntry> {
     list(doc, "servers")
         .iter()
         .filter_map(|s| {
@@ -55,6 +62,7 @@ pub fn servers(doc: &Value) -> Vec<ServerEntry> {
             let exposed = s.get("exposed").and_then(Value::as_bool).unwrap_or(false);
             let url = if exposed {
                 str_at(s, "tunnel_url")
+                    .or_else(|| str_at(s, "relay_url").filter(|_| public_relay))
                     .or_else(|| str_at(s, "url"))
                     .map(str::to_owned)
             } else {
@@ -71,10 +79,25 @@ pub fn servers(doc: &Value) -> Vec<ServerEntry> {
         .collect()
 }
 
-/// The tunnel line from `GET /v1/status` (`anthropic.cloudflared`).
+/// Whether the agent reaches the outside through relay nodes (`[relay] nodes`),
+/// not the embedded loopback relay.
+pub fn uses_relay_nodes(status: &Value) -> bool {
+    status
+        .get("relay")
+        .and_then(|r| str_at(r, "mode"))
+        .is_some_and(|mode| mode == "nodes")
+}
+
+/// The tunnel line from `GET /v1/status`: the Anthropic tunnel
+/// (`anthropic.cloudflared`), else the relay nodes (`relay.nodes`). The
+/// embedded loopback relay is no tunnel: no line.
 pub fn tunnel(status: &Value) -> TunnelStatus {
     let Some(anthropic) = status.get("anthropic").filter(|a| !a.is_null()) else {
-        return TunnelStatus::NotConfigured;
+        return if uses_relay_nodes(status) {
+            relay_tunnel(status.get("relay").unwrap_or(&Value::Null))
+        } else {
+            TunnelStatus::NotConfigured
+        };
     };
     let Some(cf) = anthropic.get("cloudflared").filter(|c| !c.is_null()) else {
         return TunnelStatus::Down {
@@ -103,20 +126,50 @@ pub fn tunnel(status: &Value) -> TunnelStatus {
     }
 }
 
-/// Pending approvals from `GET /v1/approvals` (`{"approvals": [...]}` or a
-/// bare list). Entries already decided (`status` other than `pending`) are
-/// left out.
+fn relay_tunnel(relay: &Value) -> TunnelStatus {
+    let nodes = list(relay, "nodes");
+    let connected = nodes
+        .iter()
+        .filter(|n| str_at(n, "state") == Some("connected"))
+        .count() as u64;
+    if connected > 0 {
+        return TunnelStatus::Connected {
+            connections: connected,
+        };
+    }
+    if nodes
+        .iter()
+        .any(|n| str_at(n, "state") == Some("connecting"))
+    {
+        return TunnelStatus::Connecting;
+    }
+    let reason = nodes
+        .iter()
+        .find_map(|n| str_at(n, "last_error"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| "no relay node is connected".to_owned());
+    TunnelStatus::Down { reason }
+}
+
+/// Pending approvals from `GET /v1/approvals` (a list, or `{"approvals":
+/// [...]}`). Entries already decided (`state` other than `pending`) are left
+/// out.
 pub fn approvals(doc: &Value) -> Vec<ApprovalEntry> {
     list(doc, "approvals")
         .iter()
-        .filter(|a| str_at(a, "status").is_none_or(|s| s == "pending"))
+        .filter(|a| {
+            str_at(a, "state")
+                .or_else(|| str_at(a, "status"))
+                .is_none_or(|s| s == "pending")
+        })
         .filter_map(|a| {
             let id = str_at(a, "id")?.to_owned();
             let client = str_at(a, "client_name")
                 .or_else(|| a.get("client").and_then(|c| str_at(c, "name")))
                 .or_else(|| str_at(a, "client"))
                 .unwrap_or("a client");
-            let summary = match str_at(a, "server")
+            let summary = match str_at(a, "server_name")
+                .or_else(|| str_at(a, "server"))
                 .or_else(|| a.get("server").and_then(|s| str_at(s, "name")))
             {
                 Some(server) => format!("{} wants access to {}", clean(client), clean(server)),
@@ -141,8 +194,14 @@ pub fn sandbox(doc: &Value) -> SandboxStatus {
         .iter()
         .filter_map(|s| s.as_str().or_else(|| str_at(s, "id")).map(str::to_owned))
         .collect();
-    if sessions.is_empty()
-        && let Some(id) = doc.get("session").and_then(|s| str_at(s, "id"))
+    // The worker's current item (`current.session_id`, as the worker crate's
+    // status has it, possibly under `worker`), or a `session` object.
+    let current = [doc, doc.get("worker").unwrap_or(&Value::Null)]
+        .into_iter()
+        .find_map(|d| d.get("current").and_then(|c| str_at(c, "session_id")))
+        .or_else(|| doc.get("session").and_then(|s| str_at(s, "id")));
+    if let Some(id) = current
+        && !sessions.iter().any(|s| s == id)
     {
         sessions.push(id.to_owned());
     }
@@ -165,7 +224,7 @@ fn failing_server(doc: &Value) -> Option<String> {
 
 /// The tray state for a connected agent.
 pub fn tray_state(docs: &Documents, attached: bool, autostart: Option<bool>) -> TrayState {
-    let servers = servers(&docs.servers);
+    let servers = servers(&docs.servers, uses_relay_nodes(&docs.status));
     let tunnel = tunnel(&docs.status);
     let approvals = docs.approvals.as_ref().map(approvals);
     let sandbox = docs.sandbox.as_ref().map(sandbox).unwrap_or_default();
@@ -333,7 +392,7 @@ mod tests {
     #[test]
     fn servers_keep_ids_and_prefer_the_tunnel_url() {
         let mut d = docs();
-        let s = servers(&d.servers);
+        let s = servers(&d.servers, false);
         assert_eq!(s.len(), 3);
         assert_eq!(s[0].id, "a1");
         assert_eq!(
@@ -342,9 +401,19 @@ mod tests {
         );
         assert!(!s[2].exposable);
         assert_eq!(s[1].url, None);
+        // Relay URLs count only with relay nodes (the embedded relay is loopback).
+        d.servers["servers"][0]["relay_url"] = json!("https://github.r.example/mcp");
+        assert_eq!(
+            servers(&d.servers, false)[0].url.as_deref(),
+            Some("http://127.0.0.1:4000/github/mcp")
+        );
+        assert_eq!(
+            servers(&d.servers, true)[0].url.as_deref(),
+            Some("https://github.r.example/mcp")
+        );
         d.servers["servers"][0]["tunnel_url"] = json!("https://github.t.example/mcp");
         assert_eq!(
-            servers(&d.servers)[0].url.as_deref(),
+            servers(&d.servers, true)[0].url.as_deref(),
             Some("https://github.t.example/mcp")
         );
     }
@@ -393,6 +462,48 @@ mod tests {
     }
 
     #[test]
+    fn relay_nodes_are_the_tunnel_and_the_embedded_relay_is_not() {
+        let relay = |mode: &str, nodes: Value| json!({"anthropic": null, "relay": {"mode": mode, "connected": 0, "nodes": nodes}});
+        assert_eq!(
+            tunnel(&relay(
+                "embedded",
+                json!([{"addr": "127.0.0.1:1", "state": "connected"}])
+            )),
+            TunnelStatus::NotConfigured
+        );
+        assert_eq!(
+            tunnel(&relay(
+                "nodes",
+                json!([
+                    {"addr": "a:7443", "state": "connected", "tunnel_domain": "t", "since": 1},
+                    {"addr": "b:7443", "state": "backoff", "last_error": "refused"}
+                ])
+            )),
+            TunnelStatus::Connected { connections: 1 }
+        );
+        assert_eq!(
+            tunnel(&relay(
+                "nodes",
+                json!([{"addr": "a:7443", "state": "connecting"}])
+            )),
+            TunnelStatus::Connecting
+        );
+        assert_eq!(
+            tunnel(&relay(
+                "nodes",
+                json!([{"addr": "a:7443", "state": "backoff", "last_error": "refused"}])
+            )),
+            TunnelStatus::Down {
+                reason: "refused".into()
+            }
+        );
+        assert!(matches!(
+            tunnel(&relay("nodes", json!([]))),
+            TunnelStatus::Down { .. }
+        ));
+    }
+
+    #[test]
     fn attention_for_approvals_then_tunnel_then_failing_server() {
         let mut d = docs();
         d.servers["servers"][0]["health"] =
@@ -410,11 +521,14 @@ mod tests {
                 reason: "tunnel down".into()
             }
         );
-        d.approvals = Some(json!({"approvals": [
-            {"id": "p1", "client_name": "Claude", "server": "github", "status": "pending"},
-            {"id": "p2", "client": {"name": "Other"}, "status": "approved"},
+        // The shape of `GET /v1/approvals` (a list of Approval, `state`).
+        d.approvals = Some(json!([
+            {"id": "p1", "client_id": "https://claude.ai/oauth/mcp-oauth-client-metadata",
+             "client_name": "Claude", "client_kind": "cimd", "redirect_host": "claude.ai",
+             "server_id": "a1", "server_name": "github", "scopes": ["mcp"], "state": "pending"},
+            {"id": "p2", "client": {"name": "Other"}, "state": "approved"},
             {"id": "p3", "client_name": "Third"}
-        ]}));
+        ]));
         let state = tray_state(&d, false, None);
         assert_eq!(
             state.agent,
@@ -441,6 +555,13 @@ mod tests {
             sandbox(&json!({"state": "on", "session": {"id": "s9"}})),
             SandboxStatus::On {
                 sessions: vec!["s9".into()]
+            }
+        );
+        assert_eq!(
+            sandbox(&json!({"enabled": true, "worker": {"state": "serving",
+                "current": {"work_id": "w1", "session_id": "sesn_1", "since_ms": 5}}})),
+            SandboxStatus::On {
+                sessions: vec!["sesn_1".into()]
             }
         );
         let mut d = docs();

@@ -338,8 +338,9 @@ fn tray_window_shows_the_ui_and_an_expose_click_reaches_the_agent() {
         "--native-port",
         &native_port.to_string(),
     ])
-    .env("WEBKIT_DISABLE_COMPOSITING_MODE", "1")
-    .env("WEBKIT_DISABLE_DMABUF_RENDERER", "1")
+    // WebKit's defaults, as users run it: with WEBKIT_DISABLE_COMPOSITING_MODE=1 Xvfb never
+    // presents a frame and WebDriver screenshots wait forever.
+    .env_remove("WEBKIT_DISABLE_COMPOSITING_MODE")
     .env("RUST_LOG", "info")
     .env_remove("AIRLOCK_TRAY_SHOW")
     .stdin(Stdio::null())
