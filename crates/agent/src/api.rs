@@ -40,7 +40,12 @@ pub fn router(state: Arc<AgentState>, token: String, port: u16) -> Router {
         port,
         sessions: Arc::new(crate::web::Sessions::default()),
     };
+    let oauth_routes = match api.state.oauth.get() {
+        Some(server) => airlock_oauth::control_router(server.clone()),
+        None => Router::new(),
+    };
     Router::new()
+        .merge(oauth_routes)
         .route("/", get(|| async { crate::web::asset("index.html") }))
         .route(
             "/ui/{*path}",

@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod home;
+pub mod oauth;
 pub mod pki_store;
 pub mod relay;
 pub mod state;
@@ -152,11 +153,22 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
 
     // Gateway ingress on loopback.
     let ingress_stop = CancellationToken::new();
-    let auth: Arc<dyn airlock_gateway::Authorizer> = Arc::new(BearerToken::new(gateway_token));
+    let auth: Arc<dyn airlock_gateway::Authorizer> =
+        Arc::new(BearerToken::new(gateway_token.clone()));
+    // OAuth 2.1 (resource server + authorization server) on the loopback gateway and the Anthropic tunnel; the relay
+    // path still checks the gateway token. The gateway token stays accepted by the OAuth verifier for now.
+    let (oauth_server, resource_server) = oauth::open(
+        home.root().join("oauth.sqlite"),
+        &gateway,
+        gateway_port,
+        Some(gateway_token),
+    )
+    .await?;
+    let _ = state.oauth.set(oauth_server.clone());
     let ingress = tokio::spawn(airlock_gateway::serve_loopback(
         gateway.clone(),
         gateway_listener,
-        auth.clone(),
+        resource_server.clone(),
         ingress_stop.clone(),
     ));
     if let Some(anthropic) = &anthropic {
@@ -164,7 +176,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
             &state,
             keystore.clone(),
             anthropic,
-            auth.clone(),
+            resource_server.clone().into(),
             &tasks,
             ingress_stop.clone(),
         )
@@ -192,6 +204,11 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
         stop_tasks.clone(),
     ));
     tasks.spawn(forward_health(state.clone(), stop_tasks.clone()));
+    tasks.spawn(forward_oauth(
+        state.clone(),
+        oauth_server,
+        stop_tasks.clone(),
+    ));
     if probe_running {
         tasks.spawn(probe_loop(
             state.clone(),
@@ -282,6 +299,25 @@ async fn watch_discovery(
                 tracing::info!(servers = snapshot.servers.len(), diagnostics = snapshot.diagnostics.len(), "discovery changed");
                 state.reconcile().await;
                 state.emit(Event::ServersChanged);
+            }
+        }
+    }
+}
+
+/// Approval and grant events of the authorization server, on the agent's event stream.
+async fn forward_oauth(
+    state: Arc<AgentState>,
+    server: airlock_oauth::AuthServer,
+    stop: CancellationToken,
+) {
+    let mut rx = server.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            msg = rx.recv() => match msg {
+                Ok(event) => state.emit(Event::Oauth { event }),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
     }

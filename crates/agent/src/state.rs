@@ -49,6 +49,8 @@ pub enum Event {
     ServersChanged,
     /// A route's health changed.
     Health(RouteStatus),
+    /// OAuth: an approval is pending/decided/expired, a grant was issued/revoked (`event.type` says which).
+    Oauth { event: airlock_oauth::Event },
     /// The relay connections changed state (`nodes` as in `/v1/status` `relay.nodes`).
     Relay {
         nodes: Vec<airlock_relay::NodeStatus>,
@@ -86,6 +88,8 @@ pub struct AgentState {
     pub gateway_port: u16,
     pub gateway_token: String,
     pub api_port: std::sync::OnceLock<u16>,
+    /// The OAuth authorization server (approvals, clients, tokens, audit), once opened.
+    pub oauth: std::sync::OnceLock<airlock_oauth::AuthServer>,
     config: RwLock<Config>,
     discovered: watch::Receiver<Arc<Snapshot>>,
     running: RwLock<Vec<DiscoveredServer>>,
@@ -119,6 +123,7 @@ impl AgentState {
             gateway_port,
             gateway_token,
             api_port: std::sync::OnceLock::new(),
+            oauth: std::sync::OnceLock::new(),
             config: RwLock::new(config),
             discovered,
             running: RwLock::new(Vec::new()),

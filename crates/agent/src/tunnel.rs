@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_gateway::Authorizer;
 use airlock_ingress::{HostTable, InnerTls, Terminator};
 use airlock_keystore::Keystore;
 use airlock_tunnel::{CloudflaredOptions, CloudflaredSupervisor, TunnelToken};
@@ -31,7 +30,7 @@ pub async fn start(
     state: &Arc<AgentState>,
     keystore: Arc<Keystore>,
     config: &AnthropicConfig,
-    auth: Arc<dyn Authorizer>,
+    auth: airlock_gateway::Protection,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> Result<(), AgentError> {

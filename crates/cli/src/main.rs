@@ -85,6 +85,45 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List pending OAuth authorization requests (id, client, redirect host, server, scopes, age).
+    Approvals {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending authorization request (optionally only some tools).
+    Approve {
+        id: String,
+        /// Comma-separated tool names `tools/call` is limited to (default: every tool).
+        #[arg(long)]
+        tools: Option<String>,
+    },
+    /// Deny a pending authorization request.
+    Deny { id: String },
+    /// List OAuth clients with their grants per server and last use.
+    Clients {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a grant (gr_…), a token (tk_…) or every grant of a client (its client id).
+    Revoke { id: String },
+    /// Access tokens for callers without a browser (e.g. the Messages API's authorization_token).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The OAuth audit log (grants, denials, tokens, MCP calls), newest first.
+    Audit {
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        client: Option<String>,
+        /// approval_requested, grant_approved, grant_denied, token_issued, token_refreshed, token_minted, revoked,
+        /// client_registered, token_refused, mcp_call, …
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// The inner-TLS certificate authority of the tunnel domain.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -190,6 +229,29 @@ enum RelayTokenCommand {
         domain: String,
         #[arg(long)]
         state: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint an access token for one exposed server; printed once (store it now), listed under `airlock clients`.
+    Create {
+        /// Server id, unique id prefix, name or hostname.
+        server: String,
+        /// `mcp:read`, `mcp:call` or both (space- or comma-separated).
+        #[arg(long, default_value = "mcp:read mcp:call")]
+        scope: String,
+        /// Lifetime: 3600, 90m, 12h, 30d.
+        #[arg(long, default_value = "30d")]
+        ttl: String,
+        /// Comma-separated tool names `tools/call` is limited to.
+        #[arg(long)]
+        tools: Option<String>,
+        /// Shown in `airlock clients`.
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -355,6 +417,117 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Status { json } => status(&home, json).await,
         Command::Servers { json } => servers(&home, json).await,
+        Command::Approvals { json } => approvals(&home, json).await,
+        Command::Approve { id, tools } => {
+            let client = ControlClient::connect(&home)?;
+            let tools = tools.map(|t| split_list(&t));
+            client
+                .post(
+                    &format!("/v1/approvals/{}/approve", enc(&id)),
+                    &json!({ "tools": tools }),
+                )
+                .await?;
+            say!("approved {id}");
+            Ok(())
+        }
+        Command::Deny { id } => {
+            let client = ControlClient::connect(&home)?;
+            client
+                .post(&format!("/v1/approvals/{}/deny", enc(&id)), &json!({}))
+                .await?;
+            say!("denied {id}");
+            Ok(())
+        }
+        Command::Clients { json } => clients(&home, json).await,
+        Command::Revoke { id } => {
+            let client = ControlClient::connect(&home)?;
+            let r = client.post("/v1/revoke", &json!({ "id": id })).await?;
+            let n = |k: &str| r.get(k).and_then(Value::as_array).map_or(0, Vec::len);
+            say!("revoked {} grant(s), {} token(s)", n("grants"), n("tokens"));
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create {
+            server,
+            scope,
+            ttl,
+            tools,
+            label,
+            json,
+        }) => {
+            let ttl_secs = parse_ttl(&ttl).map_err(|m| Failure {
+                code: 2,
+                message: m,
+            })?;
+            let client = ControlClient::connect(&home)?;
+            let view = client.get(&format!("/v1/servers/{}", enc(&server))).await?;
+            let minted = client
+                .post(
+                    "/v1/tokens",
+                    &json!({
+                        "server_id": str_of(&view, "id"),
+                        "scope": scope,
+                        "ttl_secs": ttl_secs,
+                        "tools": tools.map(|t| split_list(&t)),
+                        "label": label.unwrap_or_else(|| format!("airlock token create {}", str_of(&view, "name"))),
+                    }),
+                )
+                .await?;
+            if json {
+                print_json(&minted);
+            } else {
+                eprintln!(
+                    "token for {} ({}), id {}; it is shown once, revoke it with `airlock revoke {}`:",
+                    str_of(&view, "name"),
+                    str_of(&minted, "server_id"),
+                    str_of(&minted, "token_id"),
+                    str_of(&minted, "token_id"),
+                );
+                say!("{}", str_of(&minted, "token"));
+            }
+            Ok(())
+        }
+        Command::Audit {
+            server,
+            client: client_id,
+            kind,
+            limit,
+            json,
+        } => {
+            let client = ControlClient::connect(&home)?;
+            let mut q = format!("/v1/audit?limit={limit}");
+            for (k, v) in [("server", server), ("client", client_id), ("kind", kind)] {
+                if let Some(v) = v {
+                    q.push_str(&format!("&{k}={}", enc(&v)));
+                }
+            }
+            let log = client.get(&q).await?;
+            if json {
+                print_json(&log);
+                return Ok(());
+            }
+            for e in log.as_array().cloned().unwrap_or_default() {
+                let mut line = format!(
+                    "{} {:<18} server={} client={}",
+                    age(e.get("ts_ms").and_then(Value::as_i64).unwrap_or(0)),
+                    str_of(&e, "kind"),
+                    str_of(&e, "server_id"),
+                    str_of(&e, "client_id"),
+                );
+                if !str_of(&e, "method").is_empty() {
+                    line.push_str(&format!(
+                        " {} {} -> {}",
+                        str_of(&e, "method"),
+                        str_of(&e, "tool"),
+                        e.get("status").and_then(Value::as_u64).unwrap_or(0)
+                    ));
+                }
+                if !str_of(&e, "detail").is_empty() {
+                    line.push_str(&format!(" ({})", str_of(&e, "detail")));
+                }
+                say!("{line}");
+            }
+            Ok(())
+        }
         Command::Expose {
             server,
             hostname,
@@ -1263,4 +1436,149 @@ fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split([',', ' '])
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `3600`, `3600s`, `90m`, `12h`, `30d` → seconds.
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86400),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid --ttl {s:?}: use e.g. 3600, 90m, 12h or 30d"))
+}
+
+/// How long ago a millisecond timestamp was, for humans.
+fn age(ts_ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let secs = ((now - ts_ms) / 1000).max(0);
+    match secs {
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 7200 => format!("{}m ago", s / 60),
+        s if s < 172_800 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86400),
+    }
+}
+
+async fn approvals(home: &AirlockHome, json: bool) -> Result<(), Failure> {
+    let client = ControlClient::connect(home)?;
+    let list = client.get("/v1/approvals").await?;
+    if json {
+        print_json(&list);
+        return Ok(());
+    }
+    let items = list.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        say!("No pending authorization requests.");
+    }
+    for a in &items {
+        let scopes = a.get("scopes").cloned().unwrap_or(Value::Null);
+        let scope = match (
+            scopes.get("read").and_then(Value::as_bool).unwrap_or(false),
+            scopes.get("call").and_then(Value::as_bool).unwrap_or(false),
+        ) {
+            (true, true) => "mcp:read mcp:call",
+            (true, false) => "mcp:read",
+            (false, true) => "mcp:call",
+            _ => "-",
+        };
+        say!(
+            "{}  {:?} -> {}  server {} ({})  {}  {}",
+            str_of(a, "id"),
+            str_of(a, "client_name"),
+            str_of(a, "redirect_host"),
+            str_of(a, "server_name"),
+            str_of(a, "server_id"),
+            scope,
+            age(a.get("created_ms").and_then(Value::as_i64).unwrap_or(0)),
+        );
+        if let Some(u) = a.get("cimd_url").and_then(Value::as_str) {
+            say!("    client metadata: {u}");
+        }
+    }
+    if !items.is_empty() {
+        say!(
+            "\nDecide with `airlock approve <id> [--tools a,b]` or `airlock deny <id>`. Never approve a request you did not start."
+        );
+    }
+    Ok(())
+}
+
+async fn clients(home: &AirlockHome, json: bool) -> Result<(), Failure> {
+    let client = ControlClient::connect(home)?;
+    let list = client.get("/v1/clients").await?;
+    if json {
+        print_json(&list);
+        return Ok(());
+    }
+    let items = list.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        say!("No OAuth clients yet.");
+    }
+    for c in &items {
+        say!(
+            "{:?}  {}  [{}]",
+            str_of(c, "name"),
+            str_of(c, "client_id"),
+            str_of(c, "kind")
+        );
+        for g in c
+            .get("grants")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let state = if g.get("revoked_ms").is_some_and(|v| !v.is_null()) {
+                "revoked".to_owned()
+            } else {
+                match g.get("last_used_ms").and_then(Value::as_i64) {
+                    Some(t) => format!("last used {}", age(t)),
+                    None => "never used".to_owned(),
+                }
+            };
+            let tools = g
+                .get("tools")
+                .and_then(Value::as_array)
+                .map(|t| {
+                    t.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_else(|| "all tools".to_owned());
+            say!(
+                "    {}  server {}  {}  {state}",
+                str_of(&g, "id"),
+                str_of(&g, "server_id"),
+                tools
+            );
+            for t in g
+                .get("tokens")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
+                say!("        {} ({})", str_of(&t, "id"), str_of(&t, "kind"));
+            }
+        }
+    }
+    Ok(())
 }
