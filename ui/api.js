@@ -1,6 +1,7 @@
 // The control API, as the browser sees it: same origin, authenticated by the session cookie
 // that POST /v1/session sets. No token ever reaches this page except a server's bearer token
-// the user explicitly asks for (GET /v1/servers/{id}/url), and nothing is stored.
+// the user explicitly asks for (GET /v1/servers/{id}/url) or mints (POST /v1/tokens, shown
+// once), and nothing is stored.
 
 export class ApiError extends Error {
   constructor(status, message, body) {
@@ -47,6 +48,24 @@ export const api = {
   url: (id) => request("GET", `/v1/servers/${encodeURIComponent(id)}/url`),
   ca: () => request("GET", "/v1/ca"),
   reloadPki: () => request("POST", "/v1/pki/reload", {}),
+  approvals: () => request("GET", "/v1/approvals"),
+  approve: (id, tools) => request("POST", `/v1/approvals/${encodeURIComponent(id)}/approve`, tools ? { tools } : {}),
+  deny: (id) => request("POST", `/v1/approvals/${encodeURIComponent(id)}/deny`, {}),
+  clients: () => request("GET", "/v1/clients"),
+  revoke: (id) => request("POST", "/v1/revoke", { id }),
+  mint: (serverId, label) => request("POST", "/v1/tokens", { server_id: serverId, label }),
+  audit: (filter) => {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(filter || {})) {
+      if (v !== undefined && v !== null && v !== "") {
+        q.set(k, String(v));
+      }
+    }
+    const qs = q.toString();
+    return request("GET", `/v1/audit${qs ? `?${qs}` : ""}`);
+  },
+  sandbox: () => request("GET", "/v1/sandbox"),
+  setSandbox: (enabled) => request("POST", "/v1/sandbox", { enabled }),
 };
 
 /**

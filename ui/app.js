@@ -3,8 +3,12 @@
 
 import { ApiError, api, subscribe } from "./api.js";
 import { h, on, replace } from "./dom.js";
+import { approvalsView } from "./views/approvals.js";
+import { auditView } from "./views/audit.js";
+import { clientsView } from "./views/clients.js";
+import { relTime } from "./views/common.js";
 import { hostnamesView } from "./views/hostnames.js";
-import { placeholderView } from "./views/placeholder.js";
+import { sandboxView } from "./views/sandbox.js";
 import { serversView } from "./views/servers.js";
 import { tunnelView } from "./views/tunnel.js";
 
@@ -33,7 +37,30 @@ const state = {
   drafts: new Map(), // server id -> hostname being edited
   tokens: new Map(), // server id -> GET /url answer (fetched on demand only)
   revealed: new Set(),
-  events: { hello: 0, servers_changed: 0, health: 0 },
+  events: { hello: 0, servers_changed: 0, health: 0, oauth: 0, sandbox: 0 },
+  // OAuth (undefined: not fetched yet; an error string when the agent does not offer it)
+  approvals: undefined,
+  oauthError: null,
+  narrow: new Map(), // approval id -> Set of tool names unchecked
+  deciding: new Set(),
+  approvalErrors: new Map(),
+  lastDecision: null,
+  clients: undefined,
+  clientsError: null,
+  clientErrors: new Map(),
+  revoking: new Set(),
+  mintServer: null,
+  minting: false,
+  mintedHere: null, // the token minted on the Clients view (shown once)
+  mintError: null,
+  minted: new Map(), // server id -> token minted for the Messages API snippet
+  audit: undefined,
+  auditError: null,
+  auditFilter: { server: "", client: "", kind: "" },
+  sandbox: undefined,
+  sandboxError: null,
+  sandboxBusy: false,
+  sandboxToggleError: null,
 };
 
 // Visible to tests and curious users; holds no secrets.
@@ -74,11 +101,13 @@ async function refresh() {
         if (!source) {
           connectEvents(); // (re)subscribe after the stream was given up
         }
+        loadApprovals();
         // Forget tokens of servers that are no longer exposed.
         for (const id of [...state.tokens.keys()]) {
           if (!state.servers.some((s) => s.id === id && s.exposed)) {
             state.tokens.delete(id);
             state.revealed.delete(id);
+            state.minted.delete(id);
           }
         }
       } catch (err) {
@@ -119,6 +148,12 @@ function connectEvents() {
       }
       if (ev.type === "hello" || ev.type === "servers_changed") {
         refresh();
+      } else if (ev.type === "oauth" && ev.event && typeof ev.event === "object") {
+        onOauthEvent(ev.event);
+      } else if (ev.type === "sandbox") {
+        if (state.sandbox !== undefined || view === "sandbox") {
+          actions.loadSandbox();
+        }
       } else if (ev.type === "health" && typeof ev.id === "string") {
         const s = state.servers.find((x) => x.id === ev.id);
         if (s && ev.health && typeof ev.health === "object") {
@@ -147,6 +182,64 @@ function connectEvents() {
       renderConn();
     },
   );
+}
+
+function apiMessage(err) {
+  if (err instanceof ApiError && err.status === 404 && !(err.body && typeof err.body.error === "string")) {
+    return "This agent does not offer this yet (the control API answered 404). Update Airlock and restart the agent.";
+  }
+  return err.message;
+}
+
+async function loadApprovals() {
+  try {
+    const list = await api.approvals();
+    state.approvals = Array.isArray(list) ? list.filter((a) => a && a.state !== "approved" && a.state !== "denied" && a.state !== "expired") : [];
+    state.oauthError = null;
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) {
+      showLogin(null);
+      return;
+    }
+    state.approvals = state.approvals || [];
+    state.oauthError = apiMessage(err);
+  }
+  render();
+}
+
+// Live OAuth events: approvals arrive and leave without a refetch; grant changes refetch the
+// lists that are on screen.
+function onOauthEvent(e) {
+  switch (e.type) {
+    case "approval_pending":
+      if (e.approval && typeof e.approval === "object" && Array.isArray(state.approvals)) {
+        if (!state.approvals.some((a) => a.id === e.approval.id)) {
+          state.approvals.push(e.approval);
+        }
+        render();
+      } else {
+        loadApprovals();
+      }
+      break;
+    case "approval_decided":
+    case "approval_expired":
+      if (Array.isArray(state.approvals)) {
+        state.approvals = state.approvals.filter((a) => a.id !== e.id);
+        state.narrow.delete(e.id);
+        render();
+      }
+      break;
+    default:
+      break;
+  }
+  if (state.clients !== undefined) {
+    actions.loadClients();
+  }
+  if (view === "audit") {
+    actions.loadAudit();
+  } else {
+    state.audit = undefined; // fetched fresh on the next visit
+  }
 }
 
 const actions = {
@@ -186,6 +279,152 @@ const actions = {
     await actions.token(id);
     state.revealed.add(id);
     render();
+  },
+  narrowTool(id, tool, checked) {
+    const set = state.narrow.get(id) || new Set();
+    if (checked) {
+      set.delete(tool);
+    } else {
+      set.add(tool);
+    }
+    state.narrow.set(id, set);
+    render();
+  },
+  async decide(id, approve, tools) {
+    const a = (state.approvals || []).find((x) => x.id === id);
+    state.deciding.add(id);
+    state.approvalErrors.delete(id);
+    render();
+    try {
+      await (approve ? api.approve(id, tools) : api.deny(id));
+      state.approvals = (state.approvals || []).filter((x) => x.id !== id);
+      state.narrow.delete(id);
+      if (a) {
+        state.lastDecision = `${approve ? "Approved" : "Denied"}: ${a.client_name} for ${a.server_name}${tools ? ` (${tools.length} tool${tools.length === 1 ? "" : "s"})` : ""}.`;
+      }
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) {
+        showLogin(null);
+        return;
+      }
+      state.approvalErrors.set(id, apiMessage(err));
+    } finally {
+      state.deciding.delete(id);
+      render();
+    }
+  },
+  async loadClients() {
+    try {
+      const list = await api.clients();
+      state.clients = Array.isArray(list) ? list : [];
+      state.clientsError = null;
+    } catch (err) {
+      state.clients = [];
+      state.clientsError = apiMessage(err);
+    }
+    render();
+  },
+  async revoke(id) {
+    state.revoking.add(id);
+    render();
+    try {
+      await api.revoke(id);
+      state.clientErrors.clear();
+    } catch (err) {
+      const owner = (state.clients || []).find((c) => c.client_id === id || (c.grants || []).some((g) => g.id === id));
+      state.clientErrors.set(owner ? owner.client_id : id, apiMessage(err));
+    } finally {
+      state.revoking.delete(id);
+      await actions.loadClients();
+    }
+  },
+  async mint(serverId) {
+    state.minting = true;
+    state.mintError = null;
+    state.mintedHere = null;
+    render();
+    try {
+      state.mintedHere = await api.mint(serverId, "minted in the Airlock UI");
+      state.mintServer = serverId;
+    } catch (err) {
+      state.mintError = apiMessage(err);
+    } finally {
+      state.minting = false;
+      await actions.loadClients();
+    }
+  },
+  async mintForSnippet(id) {
+    try {
+      const m = await api.mint(id, "Messages API snippet (Airlock UI)");
+      state.minted.set(id, m);
+      state.errors.delete(id);
+    } catch (err) {
+      state.errors.set(id, `Could not mint a token: ${apiMessage(err)}`);
+    }
+    render();
+  },
+  setAuditFilter(key, value) {
+    state.auditFilter[key] = value;
+    actions.loadAudit();
+  },
+  async loadAudit() {
+    if (state.auditLoading) {
+      state.auditAgain = true;
+      return;
+    }
+    state.auditLoading = true;
+    try {
+      do {
+        state.auditAgain = false;
+        const f = state.auditFilter;
+        try {
+          const list = await api.audit({ server: f.server, client: f.client, kind: f.kind, limit: 200 });
+          state.audit = Array.isArray(list) ? list : [];
+          state.auditError = null;
+        } catch (err) {
+          state.audit = [];
+          state.auditError = apiMessage(err);
+        }
+      } while (state.auditAgain);
+      if (state.clients === undefined) {
+        actions.loadClients(); // names for the client filter
+      }
+    } finally {
+      state.auditLoading = false;
+      render();
+    }
+  },
+  async loadSandbox() {
+    if (state.sandboxLoading) {
+      return;
+    }
+    state.sandboxLoading = true;
+    try {
+      state.sandbox = (await api.sandbox()) || {};
+      state.sandboxError = null;
+    } catch (err) {
+      state.sandbox = null;
+      state.sandboxError = apiMessage(err);
+    } finally {
+      state.sandboxLoading = false;
+      render();
+    }
+  },
+  async setSandbox(enabled) {
+    state.sandboxBusy = true;
+    state.sandboxToggleError = null;
+    render();
+    try {
+      const s = await api.setSandbox(enabled);
+      if (s && typeof s === "object" && "enabled" in s) {
+        state.sandbox = s;
+      }
+    } catch (err) {
+      state.sandboxToggleError = apiMessage(err);
+    } finally {
+      state.sandboxBusy = false;
+      await actions.loadSandbox();
+    }
   },
   async refreshAll() {
     state.ca = undefined;
@@ -265,7 +504,18 @@ function nav() {
       "ul",
       null,
       VIEWS.map(([key, label]) =>
-        h("li", null, h("a", { href: `#/${key}`, class: "nav-link", "aria-current": key === view ? "page" : null, dataset: { focusKey: `nav-${key}` } }, label)),
+        h(
+          "li",
+          null,
+          h(
+            "a",
+            { href: `#/${key}`, class: "nav-link", "aria-current": key === view ? "page" : null, dataset: { focusKey: `nav-${key}` } },
+            label,
+            key === "approvals" && state.approvals && state.approvals.length
+              ? h("span", { class: "nav-count", "aria-label": `${state.approvals.length} pending` }, String(state.approvals.length))
+              : null,
+          ),
+        ),
       ),
     ),
   );
@@ -294,8 +544,16 @@ function viewNode() {
       return hostnamesView(state, actions);
     case "tunnel":
       return tunnelView(state, actions);
+    case "approvals":
+      return approvalsView(state, actions);
+    case "clients":
+      return clientsView(state, actions);
+    case "audit":
+      return auditView(state, actions);
+    case "sandbox":
+      return sandboxView(state, actions);
     default:
-      return placeholderView(view);
+      return serversView(state, actions);
   }
 }
 
@@ -394,6 +652,13 @@ on(window, "hashchange", () => {
   if (view === "tunnel") {
     state.ca = undefined; // fetch fresh certificates each visit
   }
+  if (view === "clients" || view === "audit" || view === "sandbox") {
+    // fetched fresh each visit; a minted token is not shown again
+    state.clients = undefined;
+    state.audit = undefined;
+    state.sandbox = undefined;
+    state.mintedHere = null;
+  }
   render();
   const title = root.querySelector(".view-title");
   if (title) {
@@ -443,5 +708,12 @@ async function start() {
   state.phase = "ready";
   await refresh();
 }
+
+// Relative times ("2 min ago") age in place; nothing is fetched.
+setInterval(() => {
+  for (const el of root.querySelectorAll("time[data-ms]")) {
+    el.textContent = relTime(Number(el.dataset.ms));
+  }
+}, 15000);
 
 start();

@@ -117,3 +117,42 @@ export function healthBadge(server) {
       return badge(hl.state ? String(hl.state) : "exposed", "info");
   }
 }
+
+/** "3 min ago" / "in 8 min" for a Unix-ms time (rendered again on every live update). */
+export function relTime(ms, now = Date.now()) {
+  const t = Number(ms);
+  if (!Number.isFinite(t) || t <= 0) {
+    return "—";
+  }
+  const d = Math.round((t - now) / 1000);
+  const a = Math.abs(d);
+  const text = a < 60 ? `${a} s` : a < 3600 ? `${Math.round(a / 60)} min` : a < 86400 ? `${Math.round(a / 3600)} h` : `${Math.round(a / 86400)} d`;
+  return d <= 0 ? `${text} ago` : `in ${text}`;
+}
+
+/** A <time> element: absolute time in the tooltip and datetime, relative text. */
+export function timeEl(ms) {
+  const t = Number(ms);
+  if (!Number.isFinite(t) || t <= 0) {
+    return h("span", { class: "muted" }, "never");
+  }
+  const iso = new Date(t).toISOString();
+  return h("time", { datetime: iso, title: new Date(t).toLocaleString(), dataset: { ms: String(t) } }, relTime(t));
+}
+
+export function scopeBadges(scopes) {
+  const s = scopes && typeof scopes === "object" ? scopes : {};
+  const out = [];
+  if (s.read) {
+    out.push(badge("mcp:read", "info", "lists, reads, prompts"));
+  }
+  if (s.call) {
+    out.push(badge("mcp:call", "warn", "may call tools"));
+  }
+  return out.length ? out : [badge("none", "muted")];
+}
+
+/** A red/amber/green line for an API error (404 = this agent does not offer the feature). */
+export function errorNote(message) {
+  return h("p", { class: "server-error", role: "alert" }, message);
+}

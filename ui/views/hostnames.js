@@ -35,6 +35,14 @@ function card(server, state, actions) {
   on(toggle, "click", () => actions.reveal(id, !shown));
 
   const snippetUrl = publicUrl || localUrl;
+  const minted = state.minted.get(id);
+  const snippetToken = minted ? String(minted.token) : tokenText;
+  const mintBtn = h(
+    "button",
+    { type: "button", class: "btn btn-small", dataset: { focusKey: `mint-${id}` }, "aria-label": `Mint a token for the Messages API snippet of ${server.name}` },
+    minted ? "Mint another token" : "Mint a token for this snippet",
+  );
+  on(mintBtn, "click", () => actions.mintForSnippet(id));
   return h(
     "article",
     { class: "card hostname-card", dataset: { serverId: id }, "aria-label": server.name },
@@ -60,8 +68,16 @@ function card(server, state, actions) {
     publicUrl
       ? null
       : h("p", { class: "note" }, "The Messages API connects from Anthropic's cloud, so it needs the tunnel URL; without a tunnel this snippet only works for clients on this machine."),
-    h("pre", { class: "snippet messages-snippet" }, messagesSnippet(name, snippetUrl, tokenText)),
-    copyButton("Copy snippet", async () => messagesSnippet(name, snippetUrl, await token()), { ariaLabel: `Copy the Messages API snippet for ${server.name}` }),
+    h("pre", { class: "snippet messages-snippet" }, messagesSnippet(name, snippetUrl, snippetToken)),
+    h(
+      "div",
+      { class: "decide" },
+      copyButton("Copy snippet", async () => messagesSnippet(name, snippetUrl, minted ? String(minted.token) : await token()), { ariaLabel: `Copy the Messages API snippet for ${server.name}` }),
+      mintBtn,
+    ),
+    minted
+      ? h("p", { class: "note", role: "status" }, "This snippet carries a token minted for this server only (30 days; revoke it under Clients). It is shown once: copy it now.")
+      : h("p", { class: "muted" }, "The snippet uses the gateway token until you mint a token for this server alone."),
     state.errors.get(id) ? h("p", { class: "server-error", role: "alert" }, state.errors.get(id)) : null,
   );
 }

@@ -1,0 +1,101 @@
+// Approvals: OAuth authorization requests waiting for a person. Everything here except the
+// buttons' labels came from the requesting client (name, redirect URI, CIMD URL, tool names),
+// so it is rendered as text only (dom.js).
+
+import { h, on } from "../dom.js";
+import { badge, code, emptyState, errorNote, row, scopeBadges, timeEl, viewHeader } from "./common.js";
+
+function toolPicker(a, state, actions) {
+  const tools = Array.isArray(a.tools) ? a.tools.map(String) : null;
+  if (!tools) {
+    return row("Tools", h("span", null, badge("all tools", "warn"), " The client did not limit its request to particular tools."));
+  }
+  const unchecked = state.narrow.get(a.id) || new Set();
+  return row(
+    "Tools",
+    h(
+      "fieldset",
+      { class: "tool-picker" },
+      h("legend", { class: "sr-only" }, `Tools to allow for ${a.client_name}`),
+      tools.map((t, i) => {
+        const cbId = `tool-${a.id}-${i}`;
+        const cb = h("input", { type: "checkbox", id: cbId, checked: !unchecked.has(t), dataset: { focusKey: cbId, tool: t } });
+        on(cb, "change", () => actions.narrowTool(a.id, t, cb.checked));
+        return h("label", { class: "tool-choice", for: cbId }, cb, " ", code(t));
+      }),
+    ),
+  );
+}
+
+function approvalCard(a, state, actions) {
+  const id = String(a.id);
+  const busy = state.deciding.has(id);
+  const tools = Array.isArray(a.tools) ? a.tools.map(String) : null;
+  const unchecked = state.narrow.get(id) || new Set();
+  const chosen = tools ? tools.filter((t) => !unchecked.has(t)) : null;
+  const noneChosen = tools !== null && chosen.length === 0;
+  const approve = h(
+    "button",
+    { type: "button", class: "btn btn-primary", disabled: busy || noneChosen, dataset: { focusKey: `approve-${id}` }, "aria-label": `Approve ${a.client_name} for ${a.server_name}` },
+    tools && chosen.length < tools.length ? `Approve ${chosen.length} of ${tools.length} tools` : "Approve",
+  );
+  on(approve, "click", () => actions.decide(id, true, tools && chosen.length < tools.length ? chosen : undefined));
+  const deny = h(
+    "button",
+    { type: "button", class: "btn btn-danger", disabled: busy, dataset: { focusKey: `deny-${id}` }, "aria-label": `Deny ${a.client_name}` },
+    "Deny",
+  );
+  on(deny, "click", () => actions.decide(id, false));
+  const err = state.approvalErrors.get(id);
+  return h(
+    "article",
+    { class: "card approval", dataset: { approvalId: id }, "aria-label": `Request from ${a.client_name}` },
+    h(
+      "div",
+      { class: "server-head" },
+      h("div", { class: "server-title" }, h("h2", { class: "client-name" }, String(a.client_name ?? "unnamed client")), code(String(a.client_id ?? ""), "server-id")),
+      badge(String(a.client_kind ?? "client"), a.client_kind === "cimd" ? "source" : "muted"),
+    ),
+    h(
+      "dl",
+      { class: "rows" },
+      row("Server", h("span", null, h("strong", { class: "approval-server" }, String(a.server_name ?? a.server_id)), " ", code(String(a.server_id ?? "")))),
+      row("Sends you back to", code(String(a.redirect_host ?? ""), "redirect-host"), h("span", { class: "muted block" }, String(a.redirect_uri ?? ""))),
+      a.cimd_url ? row("Client metadata", code(String(a.cimd_url), "url cimd-url")) : null,
+      row("Scopes", h("span", { class: "badges" }, scopeBadges(a.scopes))),
+      toolPicker(a, state, actions),
+      row("Requested", timeEl(a.created_ms), h("span", { class: "muted" }, " · expires "), timeEl(a.expires_ms)),
+    ),
+    noneChosen ? h("p", { class: "field-error", role: "alert" }, "Choose at least one tool, or deny the request.") : null,
+    h("div", { class: "decide" }, approve, deny, busy ? h("span", { class: "muted" }, "Working…") : null),
+    err ? errorNote(err) : null,
+  );
+}
+
+export function approvalsView(state, actions) {
+  const list = state.approvals;
+  let body;
+  if (list === undefined) {
+    body = h("p", { class: "muted" }, "Loading approvals…");
+  } else if (state.oauthError) {
+    body = h("section", { class: "card" }, errorNote(state.oauthError));
+  } else if (!list.length) {
+    body = h(
+      "section",
+      { class: "card" },
+      emptyState(
+        "Nothing to approve.",
+        "When a cloud agent or another OAuth client asks to use one of your exposed servers, the request waits here until you approve or deny it. Requests expire after ten minutes.",
+      ),
+    );
+  } else {
+    body = h("div", { class: "cards" }, list.map((a) => approvalCard(a, state, actions)));
+  }
+  return h(
+    "div",
+    { class: "view", dataset: { view: "approvals" } },
+    viewHeader("Approvals", h("p", { class: "muted" }, "Check who is asking (the name is chosen by the client; the redirect host and metadata URL are what identify it).")),
+    state.lastDecision ? h("p", { class: "note", role: "status" }, state.lastDecision) : null,
+    body,
+  );
+}

@@ -1,0 +1,152 @@
+// Sandbox: the local worker for Claude Managed Agents. The switch, how well this machine can
+// confine tool calls (red when it cannot), the environment key, and the live session with its
+// tool calls. Tool names and errors come from the session: text only.
+
+import { h, on } from "../dom.js";
+import { badge, code, copyButton, emptyState, errorNote, row, timeEl, viewHeader } from "./common.js";
+
+function isolationOf(s) {
+  return s.isolation || s.report || null;
+}
+
+/** "ok" | "warn" | "bad" and a sentence for the isolation the worker has or would have. */
+export function isolationVerdict(s) {
+  const iso = isolationOf(s);
+  const mech = s.mechanism || (s.sandbox && s.sandbox.mechanism) || (iso && iso.best) || null;
+  if (mech === "unconfined") {
+    return ["bad", "Unconfined: tool calls run as you, with your files and network. Only for machines you can throw away."];
+  }
+  if (!mech) {
+    const why = iso ? [iso.bubblewrap_problem, iso.landlock_problem].filter(Boolean).join("; ") : "";
+    return ["bad", `No isolation available: the worker refuses to run tool calls${why ? ` (${why})` : ""}.`];
+  }
+  if (mech === "landlock") {
+    return ["warn", "Landlock + seccomp: file access and syscalls are restricted; there are no separate namespaces."];
+  }
+  return ["ok", `${mech === "bubblewrap" ? "bubblewrap" : mech}: each session runs in its own user, pid, mount and network namespaces.`];
+}
+
+function isolationSection(s) {
+  const iso = isolationOf(s);
+  const [kind, text] = isolationVerdict(s);
+  const cg = iso && iso.cgroup;
+  return h(
+    "section",
+    { class: ["card", "isolation", `isolation-${kind}`], "aria-labelledby": "iso-title" },
+    h("h2", { id: "iso-title" }, "Isolation ", badge(kind === "ok" ? "confined" : kind === "warn" ? "partly confined" : "not confined", kind)),
+    h("p", { class: kind === "bad" ? "server-error" : "note" }, text),
+    iso
+      ? h(
+          "dl",
+          { class: "rows" },
+          row("Platform", String(iso.platform ?? "unknown")),
+          row("bubblewrap", iso.bubblewrap_works ? badge("works", "ok") : badge(iso.bubblewrap ? "fails" : "not installed", "bad"), iso.bubblewrap_problem ? h("span", { class: "muted block" }, String(iso.bubblewrap_problem)) : null),
+          row("Landlock", iso.landlock ? badge("available", "ok") : badge("unavailable", "muted"), iso.landlock_problem ? h("span", { class: "muted block" }, String(iso.landlock_problem)) : null),
+          row("seccomp", iso.seccomp ? badge("available", "ok") : badge("unavailable", "muted")),
+          row("Limits (cgroup)", cg && cg.kind && cg.kind !== "unavailable" ? badge(String(cg.kind), "ok") : badge("none", "warn"), cg && cg.reason ? h("span", { class: "muted block" }, String(cg.reason)) : null),
+        )
+      : null,
+  );
+}
+
+function workerSection(s) {
+  const w = s.worker || null;
+  if (!w) {
+    return h("section", { class: "card" }, h("h2", null, "Sessions"), emptyState(s.enabled ? "The worker is starting." : "The worker is off.", s.enabled ? "It appears here once it polls the environment." : "Turn on local sandbox execution to serve sessions of your environment on this machine."));
+  }
+  const stateKind = { serving: "ok", polling: "info", starting: "warn", stopped: "muted", failed: "bad" }[w.state] || "muted";
+  const inFlight = Array.isArray(w.in_flight) ? w.in_flight : [];
+  const recent = Array.isArray(w.recent) ? [...w.recent].reverse() : [];
+  return h(
+    "section",
+    { class: "card", "aria-labelledby": "worker-title" },
+    h("h2", { id: "worker-title" }, "Sessions ", badge(String(w.state ?? "unknown"), stateKind)),
+    h(
+      "dl",
+      { class: "rows" },
+      w.worker_id ? row("Worker", code(String(w.worker_id))) : null,
+      row("Current session", w.current ? h("span", null, code(String(w.current.session_id ?? ""), "session-id"), h("span", { class: "muted" }, " since "), timeEl(w.current.since_ms)) : h("span", { class: "muted" }, "none")),
+      row("Items served", String(w.items_served ?? 0)),
+      w.last_error ? row("Last error", h("span", { class: "server-error" }, String(w.last_error))) : null,
+    ),
+    h("h3", null, `Tool calls in flight (${inFlight.length})`),
+    inFlight.length
+      ? h("ul", { class: "calls" }, inFlight.map((c) => h("li", { class: "call" }, code(String(c.name ?? ""), "tool"), h("span", { class: "muted" }, " started "), timeEl(c.started_ms))))
+      : h("p", { class: "muted" }, "None."),
+    h("h3", null, "Recent tool calls"),
+    recent.length
+      ? h(
+          "table",
+          { class: "grid" },
+          h("caption", { class: "sr-only" }, "Recent tool calls, newest first"),
+          h("thead", null, h("tr", null, ["Tool", "Result", "Took", "Finished"].map((t) => h("th", { scope: "col" }, t)))),
+          h(
+            "tbody",
+            null,
+            recent.map((c) =>
+              h(
+                "tr",
+                { class: "call" },
+                h("td", null, code(String(c.name ?? ""), "tool")),
+                h("td", null, badge(c.is_error ? "error" : "ok", c.is_error ? "bad" : "ok"), c.confirmation ? [" ", badge(String(c.confirmation), "info")] : null, c.posted === false ? [" ", badge("not delivered", "warn")] : null),
+                h("td", null, `${c.duration_ms ?? "?"} ms`),
+                h("td", null, timeEl(c.finished_ms)),
+              ),
+            ),
+          ),
+        )
+      : h("p", { class: "muted" }, "No tool calls yet."),
+  );
+}
+
+function keySection(s) {
+  const login = "airlock sandbox login";
+  return h(
+    "section",
+    { class: "card", "aria-labelledby": "key-title" },
+    h("h2", { id: "key-title" }, "Environment"),
+    h(
+      "dl",
+      { class: "rows" },
+      s.environment_id ? row("Environment", code(String(s.environment_id))) : null,
+      "key_configured" in s || "has_key" in s ? row("Environment key", s.key_configured || s.has_key ? badge("stored", "ok") : badge("missing", "bad")) : null,
+    ),
+    h("p", { class: "muted" }, "The environment key is a secret: enter it in a terminal, where it goes straight to the keychain:"),
+    h("p", null, code(login, "cmd"), " ", copyButton("Copy", () => login, { ariaLabel: "Copy the sandbox login command" })),
+  );
+}
+
+export function sandboxView(state, actions) {
+  const s = state.sandbox;
+  let body;
+  if (s === undefined) {
+    actions.loadSandbox();
+    body = [h("p", { class: "muted" }, "Loading the sandbox status…")];
+  } else if (state.sandboxError) {
+    body = [h("section", { class: "card" }, errorNote(state.sandboxError))];
+  } else {
+    const toggle = h("input", {
+      type: "checkbox",
+      role: "switch",
+      class: "switch",
+      id: "sandbox-switch",
+      checked: Boolean(s.enabled),
+      disabled: state.sandboxBusy,
+      dataset: { focusKey: "sandbox-switch" },
+    });
+    on(toggle, "change", () => actions.setSandbox(toggle.checked));
+    body = [
+      h(
+        "section",
+        { class: "card" },
+        h("label", { class: "switch-label sandbox-toggle", for: "sandbox-switch" }, toggle, h("span", null, state.sandboxBusy ? "Working…" : "Local sandbox execution")),
+        h("p", { class: "muted" }, s.enabled ? "On: this machine serves tool calls of your Claude Managed Agents environment." : "Off: no session runs here."),
+        state.sandboxToggleError ? errorNote(state.sandboxToggleError) : null,
+      ),
+      isolationSection(s),
+      keySection(s),
+      workerSection(s),
+    ];
+  }
+  return h("div", { class: "view", dataset: { view: "sandbox" } }, viewHeader("Sandbox"), body);
+}
