@@ -303,13 +303,17 @@ fn navigate<R: Runtime>(app: &AppHandle<R>, login: &str, visible: bool) {
     };
     let window = match app.get_webview_window(MAIN_WINDOW) {
         Some(window) => {
-            if let Err(err) = window.navigate(url) {
-                tracing::warn!("cannot load the UI: {err}");
+            match window.navigate(url) {
+                Ok(()) => tracing::info!("window opened on the agent's UI"),
+                Err(err) => tracing::warn!("cannot load the UI: {err}"),
             }
             window
         }
         None => match create_window(app, url, visible) {
-            Ok(window) => window,
+            Ok(window) => {
+                tracing::info!("window opened on the agent's UI");
+                window
+            }
             Err(err) => {
                 tracing::warn!("cannot open the window: {err}");
                 return;
@@ -593,6 +597,7 @@ pub fn run() -> Result<(), ShellError> {
     let app = tauri::Builder::default()
         // Single instance first: a second launch only shows the first one's window.
         .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
+            tracing::info!("another launch of the tray: showing this one's window");
             open_ui(app, None);
         }))
         .plugin(

@@ -309,9 +309,94 @@ fn tray_pids(bin: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// The tray is a single instance per D-Bus session: its tests take turns.
+static ONE_TRAY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_tray() -> std::sync::MutexGuard<'static, ()> {
+    ONE_TRAY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[test]
+fn a_second_launch_hands_over_to_the_first() {
+    assert!(
+        std::env::var_os("DISPLAY").is_some(),
+        "no DISPLAY: run the tests through scripts/test (xvfb-run)"
+    );
+    let _turn = one_tray();
+    let tray = tray_bin();
+    let home = TestHome::new();
+    home.write_airlock_config(
+        "[discovery]\nprobe_running = false\n\n[keystore]\nbackend = \"file\"\n",
+    );
+    let log_path = home.scratch().join("first.log");
+    let mut cmd = Command::new(&tray);
+    cmd.env("RUST_LOG", "info")
+        .env_remove("AIRLOCK_TRAY_SHOW")
+        .env_remove("TAURI_WEBVIEW_AUTOMATION")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    for (k, v) in home.env() {
+        cmd.env(k, v);
+    }
+    let first = DriverProcess(cmd.spawn().unwrap());
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let runtime_file = home.airlock_home().join("run/agent.json");
+    let info: Value = wait_for(START_TIMEOUT, "the first tray's agent", || {
+        std::fs::read_to_string(&runtime_file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+    });
+    assert_eq!(info["pid"].as_u64(), Some(u64::from(first.0.id())));
+    assert!(
+        !log().contains("window opened"),
+        "a tray starts without a window:\n{}",
+        log()
+    );
+
+    // The second launch exits at once and the first one opens its window.
+    let mut second = Command::new(&tray);
+    second.env("RUST_LOG", "info");
+    for (k, v) in home.env() {
+        second.env(k, v);
+    }
+    let started = Instant::now();
+    let out = airlock_e2e::run_with_timeout(second, STEP_TIMEOUT);
+    println!(
+        "second launch exited with {:?} after {:.2}s",
+        out.code,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(out.code, Some(0), "second launch: {}", out.stderr);
+    assert!(
+        !out.stderr.contains("starting the agent"),
+        "the second launch must not start an agent:\n{}",
+        out.stderr
+    );
+    wait_for(STEP_TIMEOUT, "the first tray to open its window", || {
+        let log = log();
+        (log.contains("another launch") && log.contains("window opened")).then_some(())
+    });
+    let still: Value =
+        serde_json::from_str(&std::fs::read_to_string(&runtime_file).unwrap()).unwrap();
+    assert_eq!(
+        still["pid"], info["pid"],
+        "the first tray's agent keeps serving"
+    );
+
+    let pid = first.0.id();
+    assert!(send_signal(pid, "TERM"));
+    wait_for(STEP_TIMEOUT, "the tray to exit after SIGTERM", || {
+        (!alive(pid)).then_some(())
+    });
+    assert!(!runtime_file.exists(), "graceful stop:\n{}", log());
+    drop(first);
+}
+
 #[test]
 fn tray_window_shows_the_ui_and_an_expose_click_reaches_the_agent() {
     require_display_tools();
+    let _turn = one_tray();
     let tray = tray_bin();
     let driver_bin = tauri_driver();
 
