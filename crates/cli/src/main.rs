@@ -588,7 +588,7 @@ async fn up(
 ) -> Result<(), Failure> {
     init_logging(format);
     let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
+    install_signal_handler(shutdown.clone());
     let opts = AgentOptions {
         home,
         gateway_port,
@@ -615,27 +615,34 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
+/// Installs the SIGINT/SIGTERM handlers now (before anything announces readiness: a signal that arrives before the
+/// handler is registered would kill the process), and cancels `shutdown` when one arrives.
+fn install_signal_handler(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        tokio::spawn(async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
                 }
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+            shutdown.cancel();
+        });
     }
     #[cfg(not(unix))]
-    {
+    tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
-    }
-    shutdown.cancel();
+        shutdown.cancel();
+    });
 }
 
 async fn status(home: &AirlockHome, json: bool) -> Result<(), Failure> {
@@ -1331,7 +1338,7 @@ async fn relay(home: &AirlockHome, args: RelayArgs, format: LogFormat) -> Result
             }
             init_logging(format);
             let shutdown = CancellationToken::new();
-            tokio::spawn(wait_for_signal(shutdown.clone()));
+            install_signal_handler(shutdown.clone());
             let api_task = match args.api {
                 Some(addr) => {
                     let db = state_dir(args.state.clone()).join(ENVQUEUE_DB);
