@@ -42,6 +42,7 @@ const state = {
   approvals: undefined,
   oauthError: null,
   narrow: new Map(), // approval id -> Set of tool names unchecked
+  narrowText: new Map(), // approval id -> typed tool list (when the client asked for all tools)
   deciding: new Set(),
   approvalErrors: new Map(),
   lastDecision: null,
@@ -151,9 +152,7 @@ function connectEvents() {
       } else if (ev.type === "oauth" && ev.event && typeof ev.event === "object") {
         onOauthEvent(ev.event);
       } else if (ev.type === "sandbox") {
-        if (state.sandbox !== undefined || view === "sandbox") {
-          actions.loadSandbox();
-        }
+        onSandboxEvent(ev);
       } else if (ev.type === "health" && typeof ev.id === "string") {
         const s = state.servers.find((x) => x.id === ev.id);
         if (s && ev.health && typeof ev.health === "object") {
@@ -226,6 +225,7 @@ function onOauthEvent(e) {
       if (Array.isArray(state.approvals)) {
         state.approvals = state.approvals.filter((a) => a.id !== e.id);
         state.narrow.delete(e.id);
+        state.narrowText.delete(e.id);
         render();
       }
       break;
@@ -239,6 +239,37 @@ function onOauthEvent(e) {
     actions.loadAudit();
   } else {
     state.audit = undefined; // fetched fresh on the next visit
+  }
+}
+
+// Live worker state without refetching (GET /v1/sandbox probes the isolation each time).
+function onSandboxEvent(ev) {
+  const s = state.sandbox;
+  if (!s || typeof s !== "object") {
+    if (view === "sandbox") {
+      actions.loadSandbox();
+    }
+    return;
+  }
+  const turnedOnOrOff = typeof ev.enabled === "boolean" && ev.enabled !== s.enabled;
+  if (typeof ev.enabled === "boolean") s.enabled = ev.enabled;
+  if (typeof ev.running === "boolean") s.running = ev.running;
+  const w = s.worker && typeof s.worker === "object" ? s.worker : (s.worker = { recent: [] });
+  for (const k of ["state", "current", "in_flight", "items_served", "last_error"]) {
+    if (k in ev) w[k] = ev[k];
+  }
+  if (ev.last_call && typeof ev.last_call === "object") {
+    const recent = Array.isArray(w.recent) ? w.recent : (w.recent = []);
+    if (!recent.some((c) => c.tool_use_id === ev.last_call.tool_use_id)) {
+      recent.push(ev.last_call);
+      if (recent.length > 50) recent.shift();
+    }
+  }
+  if ("last_error" in ev) s.last_error = ev.last_error;
+  if (turnedOnOrOff || (ev.current && !(Array.isArray(s.sessions) && s.sessions.some((o) => o.session_id === ev.current.session_id)))) {
+    actions.loadSandbox(); // sessions and configuration changed
+  } else {
+    render();
   }
 }
 
@@ -290,6 +321,10 @@ const actions = {
     state.narrow.set(id, set);
     render();
   },
+  narrowText(id, text) {
+    state.narrowText.set(id, text);
+    render();
+  },
   async decide(id, approve, tools) {
     const a = (state.approvals || []).find((x) => x.id === id);
     state.deciding.add(id);
@@ -299,6 +334,7 @@ const actions = {
       await (approve ? api.approve(id, tools) : api.deny(id));
       state.approvals = (state.approvals || []).filter((x) => x.id !== id);
       state.narrow.delete(id);
+      state.narrowText.delete(id);
       if (a) {
         state.lastDecision = `${approve ? "Approved" : "Denied"}: ${a.client_name} for ${a.server_name}${tools ? ` (${tools.length} tool${tools.length === 1 ? "" : "s"})` : ""}.`;
       }

@@ -8,7 +8,28 @@ import { badge, code, emptyState, errorNote, row, scopeBadges, timeEl, viewHeade
 function toolPicker(a, state, actions) {
   const tools = Array.isArray(a.tools) ? a.tools.map(String) : null;
   if (!tools) {
-    return row("Tools", h("span", null, badge("all tools", "warn"), " The client did not limit its request to particular tools."));
+    const inputId = `narrow-${a.id}`;
+    const input = h("input", {
+      id: inputId,
+      type: "text",
+      class: "hostname-input narrow-input",
+      value: state.narrowText.get(a.id) || "",
+      placeholder: "all tools",
+      spellcheck: "false",
+      autocomplete: "off",
+      dataset: { focusKey: inputId },
+    });
+    on(input, "input", () => actions.narrowText(a.id, input.value));
+    return row(
+      "Tools",
+      h(
+        "span",
+        null,
+        badge("all tools", "warn"),
+        " The client asked for every tool of this server.",
+        h("span", { class: "block" }, h("label", { for: inputId }, "Allow only (comma-separated tool names, optional): "), input),
+      ),
+    );
   }
   const unchecked = state.narrow.get(a.id) || new Set();
   return row(
@@ -27,19 +48,28 @@ function toolPicker(a, state, actions) {
   );
 }
 
+// The name discovery found (what the person knows the server by); the approval carries the
+// hostname label.
+function serverName(a, state) {
+  const srv = state.servers.find((s) => s.id === a.server_id);
+  return String(srv ? srv.name : (a.server_name ?? a.server_id ?? ""));
+}
+
 function approvalCard(a, state, actions) {
   const id = String(a.id);
   const busy = state.deciding.has(id);
   const tools = Array.isArray(a.tools) ? a.tools.map(String) : null;
   const unchecked = state.narrow.get(id) || new Set();
-  const chosen = tools ? tools.filter((t) => !unchecked.has(t)) : null;
+  const typed = (state.narrowText.get(id) || "").split(",").map((t) => t.trim()).filter(Boolean);
+  const chosen = tools ? tools.filter((t) => !unchecked.has(t)) : typed;
   const noneChosen = tools !== null && chosen.length === 0;
+  const narrowed = tools ? chosen.length < tools.length : typed.length > 0;
   const approve = h(
     "button",
-    { type: "button", class: "btn btn-primary", disabled: busy || noneChosen, dataset: { focusKey: `approve-${id}` }, "aria-label": `Approve ${a.client_name} for ${a.server_name}` },
-    tools && chosen.length < tools.length ? `Approve ${chosen.length} of ${tools.length} tools` : "Approve",
+    { type: "button", class: "btn btn-primary", disabled: busy || noneChosen, dataset: { focusKey: `approve-${id}` }, "aria-label": `Approve ${a.client_name} for ${serverName(a, state)}` },
+    narrowed ? (tools ? `Approve ${chosen.length} of ${tools.length} tools` : `Approve ${chosen.length} tool${chosen.length === 1 ? "" : "s"}`) : "Approve",
   );
-  on(approve, "click", () => actions.decide(id, true, tools && chosen.length < tools.length ? chosen : undefined));
+  on(approve, "click", () => actions.decide(id, true, narrowed ? chosen : undefined));
   const deny = h(
     "button",
     { type: "button", class: "btn btn-danger", disabled: busy, dataset: { focusKey: `deny-${id}` }, "aria-label": `Deny ${a.client_name}` },
@@ -59,7 +89,7 @@ function approvalCard(a, state, actions) {
     h(
       "dl",
       { class: "rows" },
-      row("Server", h("span", null, h("strong", { class: "approval-server" }, String(a.server_name ?? a.server_id)), " ", code(String(a.server_id ?? "")))),
+      row("Server", h("span", null, h("strong", { class: "approval-server" }, serverName(a, state)), " ", code(String(a.server_name ?? a.server_id ?? "")))),
       row("Sends you back to", code(String(a.redirect_host ?? ""), "redirect-host"), h("span", { class: "muted block" }, String(a.redirect_uri ?? ""))),
       a.cimd_url ? row("Client metadata", code(String(a.cimd_url), "url cimd-url")) : null,
       row("Scopes", h("span", { class: "badges" }, scopeBadges(a.scopes))),

@@ -12,13 +12,13 @@ function isolationOf(s) {
 /** "ok" | "warn" | "bad" and a sentence for the isolation the worker has or would have. */
 export function isolationVerdict(s) {
   const iso = isolationOf(s);
-  const mech = s.mechanism || (s.sandbox && s.sandbox.mechanism) || (iso && iso.best) || null;
+  const mech = "mechanism" in s ? s.mechanism : iso && iso.best;
   if (mech === "unconfined") {
-    return ["bad", "Unconfined: tool calls run as you, with your files and network. Only for machines you can throw away."];
+    return ["bad", s.warning ? String(s.warning) : "Unconfined: tool calls run as you, with your files and network. Only for machines you can throw away."];
   }
   if (!mech) {
     const why = iso ? [iso.bubblewrap_problem, iso.landlock_problem].filter(Boolean).join("; ") : "";
-    return ["bad", `No isolation available: the worker refuses to run tool calls${why ? ` (${why})` : ""}.`];
+    return ["bad", s.warning ? String(s.warning) : `No isolation available: the worker refuses to run tool calls${why ? ` (${why})` : ""}.`];
   }
   if (mech === "landlock") {
     return ["warn", "Landlock + seccomp: file access and syscalls are restricted; there are no separate namespaces."];
@@ -49,6 +49,30 @@ function isolationSection(s) {
   );
 }
 
+function sessionsList(s) {
+  const open = Array.isArray(s.sessions) ? s.sessions : [];
+  if (!open.length) {
+    return null;
+  }
+  return [
+    h("h3", null, `Open sessions (${open.length})`),
+    h(
+      "ul",
+      { class: "calls" },
+      open.map((o) =>
+        h(
+          "li",
+          { class: "open-session" },
+          code(String(o.session_id ?? ""), "session-id"),
+          h("span", { class: "muted" }, " opened "),
+          timeEl(o.opened_ms),
+          o.status && o.status.mechanism ? [" ", badge(String(o.status.mechanism), o.status.mechanism === "unconfined" ? "bad" : "ok")] : null,
+        ),
+      ),
+    ),
+  ];
+}
+
 function workerSection(s) {
   const w = s.worker || null;
   if (!w) {
@@ -67,8 +91,9 @@ function workerSection(s) {
       w.worker_id ? row("Worker", code(String(w.worker_id))) : null,
       row("Current session", w.current ? h("span", null, code(String(w.current.session_id ?? ""), "session-id"), h("span", { class: "muted" }, " since "), timeEl(w.current.since_ms)) : h("span", { class: "muted" }, "none")),
       row("Items served", String(w.items_served ?? 0)),
-      w.last_error ? row("Last error", h("span", { class: "server-error" }, String(w.last_error))) : null,
+      w.last_error || s.last_error ? row("Last error", h("span", { class: "server-error" }, String(s.last_error || w.last_error))) : null,
     ),
+    sessionsList(s),
     h("h3", null, `Tool calls in flight (${inFlight.length})`),
     inFlight.length
       ? h("ul", { class: "calls" }, inFlight.map((c) => h("li", { class: "call" }, code(String(c.name ?? ""), "tool"), h("span", { class: "muted" }, " started "), timeEl(c.started_ms))))
@@ -108,10 +133,15 @@ function keySection(s) {
     h(
       "dl",
       { class: "rows" },
-      s.environment_id ? row("Environment", code(String(s.environment_id))) : null,
-      "key_configured" in s || "has_key" in s ? row("Environment key", s.key_configured || s.has_key ? badge("stored", "ok") : badge("missing", "bad")) : null,
+      row("Environment", s.environment_id ? code(String(s.environment_id)) : badge("not set", "bad")),
+      row("Environment key", s.environment_key_stored ? badge("stored", "ok") : badge("missing", "bad")),
+      s.base_url ? row("API", code(String(s.base_url), "url")) : null,
+      s.workdir ? row("Workdir", code(String(s.workdir)), s.workdir_per_session ? h("span", { class: "muted" }, " (a fresh folder per session)") : null) : null,
+      Array.isArray(s.allowed_domains)
+        ? row("Network", s.allowed_domains.length ? h("span", { class: "keys" }, s.allowed_domains.map((d) => code(String(d)))) : h("span", { class: "muted" }, "none (no domain allowed)"))
+        : null,
     ),
-    h("p", { class: "muted" }, "The environment key is a secret: enter it in a terminal, where it goes straight to the keychain:"),
+    h("p", { class: "muted" }, s.configured ? "To change the environment or its key, run in a terminal:" : "Set the environment and its key in a terminal (the key is a secret: it goes straight to the keychain, never through this page):"),
     h("p", null, code(login, "cmd"), " ", copyButton("Copy", () => login, { ariaLabel: "Copy the sandbox login command" })),
   );
 }
@@ -140,7 +170,15 @@ export function sandboxView(state, actions) {
         "section",
         { class: "card" },
         h("label", { class: "switch-label sandbox-toggle", for: "sandbox-switch" }, toggle, h("span", null, state.sandboxBusy ? "Working…" : "Local sandbox execution")),
-        h("p", { class: "muted" }, s.enabled ? "On: this machine serves tool calls of your Claude Managed Agents environment." : "Off: no session runs here."),
+        h(
+          "p",
+          { class: "muted sandbox-state" },
+          s.enabled
+            ? s.running
+              ? "On: this machine serves tool calls of your Claude Managed Agents environment."
+              : "On, but the worker is not running (see the last error below)."
+            : "Off: no session runs here.",
+        ),
         state.sandboxToggleError ? errorNote(state.sandboxToggleError) : null,
       ),
       isolationSection(s),
