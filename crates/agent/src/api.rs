@@ -62,6 +62,7 @@ pub fn router(state: Arc<AgentState>, token: String, port: u16) -> Router {
         .route("/v1/servers/{reference}/url", get(url))
         .route("/v1/events", get(events))
         .route("/v1/pki/reload", post(pki_reload))
+        .route("/v1/sandbox", get(sandbox_status).post(sandbox_set))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(api.clone(), guard))
         .with_state(api)
@@ -443,6 +444,53 @@ async fn ca(State(api): State<Api>) -> Result<Response, ApiError> {
     )
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(json!({ "tunnel_domain": domain, "cas": store.summaries() })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SandboxBody {
+    enabled: bool,
+}
+
+fn sandbox_control(api: &Api) -> Result<Arc<crate::sandbox::SandboxControl>, ApiError> {
+    api.state.sandbox.get().cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the sandbox worker is not available in this agent",
+        )
+    })
+}
+
+/// Isolation of this machine, the sandbox configuration and the worker's state.
+async fn sandbox_status(State(api): State<Api>) -> Result<Response, ApiError> {
+    let control = sandbox_control(&api)?;
+    Ok(Json(control.status(&api.state).await).into_response())
+}
+
+/// Turns the sandbox worker on or off (and records the choice in config.toml); answers with the new status.
+async fn sandbox_set(
+    State(api): State<Api>,
+    body: Option<Json<SandboxBody>>,
+) -> Result<Response, ApiError> {
+    let Some(Json(body)) = body else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "send {\"enabled\": true} or {\"enabled\": false} as JSON",
+        ));
+    };
+    let control = sandbox_control(&api)?;
+    control
+        .set_enabled(&api.state, body.enabled)
+        .await
+        .map_err(|e| {
+            use crate::sandbox::SandboxControlError as E;
+            let status = match e {
+                E::NotReady(_) | E::NoIsolation(_) => StatusCode::CONFLICT,
+                E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            ApiError::new(status, e.to_string())
+        })?;
+    Ok(Json(control.status(&api.state).await).into_response())
 }
 
 async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {

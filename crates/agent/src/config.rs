@@ -37,6 +37,9 @@ pub struct Config {
     /// Airlock relay nodes (`airlock relay`), and the embedded relay used when nothing else is configured.
     #[serde(default)]
     pub relay: RelaySection,
+    /// The local sandbox worker for Claude Managed Agents (`airlock sandbox …`).
+    #[serde(default)]
+    pub sandbox: crate::sandbox::SandboxSection,
 }
 
 /// `[relay]`: the self-hostable relay the agent connects to (outbound), or the embedded default.
@@ -284,6 +287,8 @@ pub enum Edit<'a> {
         id: &'a str,
         port: u16,
     },
+    /// Edits `[sandbox]`.
+    Sandbox(crate::sandbox::SandboxEdit<'a>),
 }
 
 /// Applies `edit` to the file atomically and returns the new config. Refuses to touch a file that does not parse.
@@ -373,6 +378,7 @@ pub fn update(path: &Path, edit: Edit<'_>) -> Result<Config, AgentError> {
             relay["embedded_port"] = toml_edit::value(i64::from(port));
             relay["embedded_domain"] = toml_edit::value(domain);
         }
+        Edit::Sandbox(_) => {}
         Edit::SetLocalPort { id, port } => {
             if let Some(entry) = doc
                 .get_mut("servers")
@@ -383,6 +389,9 @@ pub fn update(path: &Path, edit: Edit<'_>) -> Result<Config, AgentError> {
                 entry["local_port"] = toml_edit::value(i64::from(port));
             }
         }
+    }
+    if let Edit::Sandbox(e) = &edit {
+        crate::sandbox::apply_edit(&mut doc, e, path)?;
     }
     let mut new_text = doc.to_string();
     if new_file {

@@ -19,6 +19,7 @@ pub mod home;
 pub mod oauth;
 pub mod pki_store;
 pub mod relay;
+pub mod sandbox;
 pub mod state;
 pub mod tunnel;
 pub mod web;
@@ -147,6 +148,8 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
         snapshot_rx.clone(),
     ));
     let _ = state.api_port.set(api_port);
+    let sandbox_control = Arc::new(sandbox::SandboxControl::new());
+    let _ = state.sandbox.set(sandbox_control.clone());
 
     let tasks = tokio_util::task::TaskTracker::new();
     let stop_tasks = shutdown.child_token();
@@ -259,8 +262,11 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
         }
     }
 
+    sandbox_control.start_if_enabled(&state).await;
+
     shutdown.cancelled().await;
     tracing::info!("shutting down: draining requests and stopping servers");
+    sandbox_control.stop(&state).await;
     stop_tasks.cancel();
     tasks.close();
     let _ = api_server.await;

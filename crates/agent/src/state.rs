@@ -55,6 +55,8 @@ pub enum Event {
     Relay {
         nodes: Vec<airlock_relay::NodeStatus>,
     },
+    /// The sandbox worker changed state: on/off, a session started or ended, a tool call started or finished.
+    Sandbox(crate::sandbox::SandboxEvent),
 }
 
 /// The running Anthropic-compatible ingress: inner TLS for the tunnel domain, reached through cloudflared.
@@ -99,6 +101,8 @@ pub struct AgentState {
     pub tunnel: std::sync::OnceLock<TunnelRuntime>,
     /// The relay path (relay nodes or the embedded relay), when it runs.
     pub relay: std::sync::OnceLock<Arc<crate::relay::RelayRuntime>>,
+    /// The sandbox worker for Claude Managed Agents (`/v1/sandbox`).
+    pub sandbox: std::sync::OnceLock<Arc<crate::sandbox::SandboxControl>>,
     /// Serialises config edits with the reconcile that follows them.
     edit_lock: tokio::sync::Mutex<()>,
     events: broadcast::Sender<Event>,
@@ -130,6 +134,7 @@ impl AgentState {
             applied: tokio::sync::Mutex::new(HashMap::new()),
             tunnel: std::sync::OnceLock::new(),
             relay: std::sync::OnceLock::new(),
+            sandbox: std::sync::OnceLock::new(),
             edit_lock: tokio::sync::Mutex::new(()),
             events,
             ready: AtomicBool::new(false),

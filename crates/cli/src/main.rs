@@ -138,6 +138,41 @@ enum Command {
     /// The Anthropic MCP tunnel: switch from or to Anthropic's proxy, store cloudflared's token.
     #[command(subcommand)]
     Tunnel(TunnelCommand),
+    /// The local sandbox worker for Claude Managed Agents: their tools run on this machine, inside an OS sandbox.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+}
+
+#[derive(Subcommand)]
+enum SandboxCommand {
+    /// Store the environment key (read from standard input, never argv) in the keystore, and the environment in
+    /// config.toml. The JSON printed by `airlock relay env create` is accepted on stdin too.
+    Login {
+        /// API base URL: https://api.anthropic.com, or an `airlock relay --api` work queue.
+        #[arg(long, default_value = "https://api.anthropic.com")]
+        base_url: String,
+        /// The environment's id (env_…).
+        #[arg(long)]
+        environment_id: String,
+    },
+    /// Start the worker in the running agent (refused when no OS sandbox works, unless unconfined mode is set).
+    On {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the worker: the tool call in flight is cancelled and the session's sandbox closed.
+    Off {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The isolation available here, the worker's state, the current session, tool calls in flight and recent ones.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let the sandbox reach a domain (`example.com`, or `*.example.com` for its subdomains) through its egress
+    /// proxy; applies to sessions that start afterwards.
+    AllowDomain { domain: String },
 }
 
 /// Relay nodes to connect to (persisted in config.toml `[relay] nodes`).
@@ -345,6 +380,16 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
+    // `airlock sandbox-exec …`: the sandbox's helper (Landlock + seccomp, the in-sandbox proxy forwarder). It runs
+    // inside the sandbox and execs its command, so it bypasses argument parsing and the async runtime.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "sandbox-exec")
+    {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+        let code = airlock_sandbox::helper::main_with_prefix(&["sandbox-exec"], args);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -383,6 +428,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Ca(cmd) => ca(&home, cli.keystore, cmd).await,
         Command::Tunnel(cmd) => tunnel(&home, cli.keystore, cmd).await,
+        Command::Sandbox(cmd) => sandbox(&home, cli.keystore, cmd).await,
         Command::Relay(args) => relay(&home, *args, cli.log_format).await,
         Command::Ui { print } => {
             let client = ControlClient::connect(&home)?;
@@ -1588,4 +1634,238 @@ async fn clients(home: &AirlockHome, json: bool) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The environment key on standard input: the key itself, or the JSON of `airlock relay env create`.
+fn read_environment_key_from_stdin() -> Result<String, Failure> {
+    let mut text = String::new();
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| anyhow::anyhow!("reading the environment key from stdin: {e}"))?;
+    let trimmed = text.trim();
+    if let Ok(v) = serde_json::from_str::<Value>(trimmed)
+        && let Some(k) = v.get("environment_key").and_then(Value::as_str)
+    {
+        return Ok(k.trim().to_string());
+    }
+    let key = trimmed.lines().next().unwrap_or("").trim().to_string();
+    if key.is_empty() {
+        return Err(usage(
+            "no environment key on stdin (pipe it in: `airlock sandbox login --base-url URL --environment-id ID < key.txt`)",
+        ));
+    }
+    Ok(key)
+}
+
+async fn sandbox(
+    home: &AirlockHome,
+    keystore: Option<airlock_keystore::KeystoreChoice>,
+    cmd: SandboxCommand,
+) -> Result<(), Failure> {
+    use airlock_agent::config::{self, Edit};
+    use airlock_agent::sandbox::{SandboxEdit, validate_base_url, validate_domain};
+    let invalid = |e: airlock_agent::AgentError| Failure {
+        code: 2,
+        message: e.to_string(),
+    };
+    match cmd {
+        SandboxCommand::Login {
+            base_url,
+            environment_id,
+        } => {
+            let base_url = validate_base_url(&base_url).map_err(invalid)?;
+            let environment_id = environment_id.trim().to_string();
+            if environment_id.is_empty() || environment_id.contains(char::is_whitespace) {
+                return Err(usage(
+                    "--environment-id must be the environment's id (env_…)",
+                ));
+            }
+            let key = read_environment_key_from_stdin()?;
+            let cfg = config::load(&home.config_path()).map_err(anyhow::Error::from)?;
+            let ks =
+                airlock_agent::home::open_keystore(home, cfg.keystore.backend.as_deref(), keystore)
+                    .await
+                    .map_err(anyhow::Error::from)?;
+            ks.set(
+                airlock_agent::sandbox::ENVIRONMENT_KEY,
+                &airlock_keystore::Secret::from(key.as_str()),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("storing the environment key: {e}"))?;
+            config::update(
+                &home.config_path(),
+                Edit::Sandbox(SandboxEdit::Login {
+                    base_url: &base_url,
+                    environment_id: &environment_id,
+                }),
+            )
+            .map_err(anyhow::Error::from)?;
+            say!(
+                "environment key stored in the {} keystore; {} at {} written to {}; `airlock sandbox on` starts the worker",
+                ks.backend(),
+                environment_id,
+                base_url,
+                home.config_path().display()
+            );
+        }
+        SandboxCommand::AllowDomain { domain } => {
+            let domain = validate_domain(&domain).map_err(invalid)?;
+            let cfg = config::update(
+                &home.config_path(),
+                Edit::Sandbox(SandboxEdit::AllowDomain(&domain)),
+            )
+            .map_err(anyhow::Error::from)?;
+            say!(
+                "{domain} is reachable from the sandbox through its egress proxy (sessions that start from now on); allowed: {}",
+                cfg.sandbox.allowed_domains.join(", ")
+            );
+        }
+        SandboxCommand::On { json } | SandboxCommand::Off { json } => {
+            let on = matches!(cmd, SandboxCommand::On { .. });
+            let client = ControlClient::connect(home)?;
+            let v = client
+                .post("/v1/sandbox", &json!({ "enabled": on }))
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                print_sandbox(&v);
+            }
+        }
+        SandboxCommand::Status { json } => {
+            let client = ControlClient::connect(home)?;
+            let v = client.get("/v1/sandbox").await?;
+            if json {
+                print_json(&v);
+            } else {
+                print_sandbox(&v);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_sandbox(v: &Value) {
+    let running = v.get("running").and_then(Value::as_bool).unwrap_or(false);
+    let state = v
+        .pointer("/worker/state")
+        .and_then(Value::as_str)
+        .unwrap_or("off");
+    say!(
+        "sandbox worker  {}",
+        if running {
+            format!("on ({state})")
+        } else {
+            "off".to_string()
+        }
+    );
+    if let Some(w) = v.get("warning").and_then(Value::as_str) {
+        eprintln!("WARNING: {w}");
+    }
+    say!(
+        "  isolation   {}",
+        v.get("mechanism").and_then(Value::as_str).unwrap_or("none")
+    );
+    let limits = match v.pointer("/isolation/cgroup/kind").and_then(Value::as_str) {
+        Some("unavailable") => format!(
+            "not applied: {}",
+            v.pointer("/isolation/cgroup/reason")
+                .and_then(Value::as_str)
+                .unwrap_or("no usable cgroup")
+        ),
+        Some(k) => format!("cgroup {k} per session (pids, memory, cpu)"),
+        None => "-".to_string(),
+    };
+    say!("  limits      {limits}");
+    say!(
+        "  environment {} at {}",
+        v.get("environment_id")
+            .and_then(Value::as_str)
+            .unwrap_or("(not logged in)"),
+        str_of(v, "base_url")
+    );
+    say!("  workdir     {}", str_of(v, "workdir"));
+    let domains: Vec<&str> = v
+        .get("allowed_domains")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    say!(
+        "  network     {}",
+        if domains.is_empty() {
+            "off".to_string()
+        } else {
+            format!("through the proxy to {}", domains.join(", "))
+        }
+    );
+    for s in v
+        .get("sessions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        say!(
+            "  session     {} ({} in {})",
+            str_of(s, "session_id"),
+            s.pointer("/status/mechanism")
+                .and_then(Value::as_str)
+                .unwrap_or("?"),
+            s.pointer("/status/workdir")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+        );
+    }
+    if let Some(w) = v.get("worker").filter(|w| !w.is_null()) {
+        if let Some(c) = w.get("current").filter(|c| !c.is_null()) {
+            say!(
+                "  serving     {} (work {}, {})",
+                str_of(c, "session_id"),
+                str_of(c, "work_id"),
+                age(c.get("since_ms").and_then(Value::as_i64).unwrap_or(0))
+            );
+        }
+        for c in w
+            .get("in_flight")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            say!(
+                "  running     {} {} (since {})",
+                str_of(c, "name"),
+                str_of(c, "tool_use_id"),
+                age(c.get("started_ms").and_then(Value::as_i64).unwrap_or(0))
+            );
+        }
+        let recent: Vec<&Value> = w
+            .get("recent")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .collect();
+        for r in recent.iter().rev().take(10) {
+            say!(
+                "  {}      {:<6} {} {} ms{}",
+                if r.get("is_error").and_then(Value::as_bool) == Some(true) {
+                    "error"
+                } else {
+                    "ok   "
+                },
+                str_of(r, "name"),
+                str_of(r, "session_id"),
+                r.get("duration_ms").and_then(Value::as_u64).unwrap_or(0),
+                if r.get("posted").and_then(Value::as_bool) == Some(false) {
+                    " (not delivered)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    if let Some(e) = v.get("last_error").and_then(Value::as_str) {
+        say!("  last error  {e}");
+    }
 }
