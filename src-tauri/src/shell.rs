@@ -223,33 +223,39 @@ fn create_window<R: Runtime>(
         .build()
 }
 
-/// Shows the UI: reuses the window when it is open, else asks the agent for
-/// a one-time login link and opens a window on it.
+/// Shows the UI: asks the agent for a one-time login link; reuses the
+/// window when it already shows that agent's origin (the agent may have
+/// restarted on another port since), else loads the link.
 fn open_ui<R: Runtime>(app: &AppHandle<R>, view: Option<&'static str>) {
     let shell = app.state::<Shell<R>>();
-    if let Some(window) = app.get_webview_window(MAIN_WINDOW)
-        && lock(&shell.origin).is_some()
-        && window
-            .url()
-            .is_ok_and(|url| url.scheme() == "http" && allowed(&shell.origin, &url))
-    {
-        if let Some(view) = view
-            && let Err(err) = window.eval(format!("location.hash = '#/{view}'"))
-        {
-            tracing::warn!("cannot switch the UI to {view}: {err}");
-        }
-        show(&window);
-        return;
-    }
-    *lock(&shell.pending_view) = view;
     let app = app.clone();
-    let runtime = shell.runtime.clone();
-    runtime.spawn(async move {
-        let Some(url) = login_url(&app).await else {
+    shell.runtime.spawn(async move {
+        let Some(login) = login_url(&app).await else {
             return;
         };
         let main_thread = app.clone();
-        let result = app.run_on_main_thread(move || navigate(&main_thread, &url, true));
+        let result = app.run_on_main_thread(move || {
+            let app = main_thread;
+            let window = app.get_webview_window(MAIN_WINDOW);
+            let showing = window
+                .as_ref()
+                .and_then(|w| w.url().ok())
+                .and_then(|url| origin_of(url.as_str()));
+            match window {
+                Some(window) if showing.is_some() && showing == origin_of(&login) => {
+                    if let Some(view) = view
+                        && let Err(err) = window.eval(format!("location.hash = '#/{view}'"))
+                    {
+                        tracing::warn!("cannot switch the UI to {view}: {err}");
+                    }
+                    show(&window);
+                }
+                _ => {
+                    *lock(&app.state::<Shell<R>>().pending_view) = view;
+                    navigate(&app, &login, true);
+                }
+            }
+        });
         if let Err(err) = result {
             tracing::warn!("cannot open the window: {err}");
         }
