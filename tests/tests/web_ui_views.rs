@@ -7,10 +7,14 @@
 //! the audit log filters; the sandbox switch is clicked and `GET /v1/sandbox` follows. No name
 //! ever becomes markup or runs. Screenshots land in `tests/artifacts/ui-views/`.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
-use airlock_e2e::{Agent, NodeTools, TestHome, repo_root, run_with_timeout, venv_bin};
+use airlock_e2e::{
+    Agent, KillOnDrop, NodeTools, TestHome, free_port, repo_root, run_with_timeout, venv_bin,
+};
 use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -137,6 +141,8 @@ fn browser_approves_denies_revokes_mints_and_names_stay_inert() {
         "approval server name",
         "clients client name",
         "clients server name",
+        "audit client name",
+        "audit server name",
     ] {
         assert_eq!(summary["names_inert"][label], true, "{label}: {summary}");
     }
@@ -163,4 +169,117 @@ fn browser_approves_denies_revokes_mints_and_names_stay_inert() {
             p.display()
         );
     }
+}
+
+/// `airlock relay --api` on loopback: a real environments work queue for the worker to poll.
+fn start_queue(home: &TestHome, state: &str, port: u16) -> KillOnDrop {
+    let mut cmd = home.airlock();
+    cmd.args([
+        "--log-format",
+        "json",
+        "relay",
+        "--api",
+        &format!("127.0.0.1:{port}"),
+        "--state",
+        state,
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = KillOnDrop(cmd.spawn().expect("spawn airlock relay --api"));
+    let stderr = child.0.stderr.take().expect("relay stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = Instant::now();
+    let mut log = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(l) if l.contains("work queue API ready") => break,
+            Ok(l) => log.push(l),
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "relay --api did not start: {log:?}"
+        );
+    }
+    // Keep draining so the queue never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    child
+}
+
+#[test]
+fn browser_toggles_the_sandbox_and_the_api_follows() {
+    require_browser_tools();
+    let home = home();
+    let state = home.scratch().join("queue-state");
+    let state_s = state.to_string_lossy().to_string();
+    let port = free_port();
+    let _queue = start_queue(&home, &state_s, port);
+    let env = home.cli(&[
+        "relay", "env", "create", "--name", "ui", "--state", &state_s,
+    ]);
+    env.assert_success("airlock relay env create");
+    let env = env.json();
+    let env_id = env["environment_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let env_key = env["environment_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!env_id.is_empty() && !env_key.is_empty(), "{env}");
+
+    // The key goes in on stdin, as a person would pipe it.
+    let mut login = home.airlock();
+    login
+        .args([
+            "sandbox",
+            "login",
+            "--base-url",
+            &format!("http://127.0.0.1:{port}"),
+            "--environment-id",
+            &env_id,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = login.spawn().expect("spawn airlock sandbox login");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{env_key}\n").as_bytes())
+        .expect("write the key");
+    let out = child.wait_with_output().expect("airlock sandbox login");
+    assert!(
+        out.status.success(),
+        "airlock sandbox login: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let agent = Agent::start(home);
+    agent.wait_server(XSS_SERVER, Duration::from_secs(30));
+    let url = login_url(&agent);
+    let artifacts = repo_root().join("tests/artifacts/ui-views");
+    let summary = run_ui_script(
+        &agent,
+        &[
+            url.as_str(),
+            "--sandbox",
+            "--out",
+            artifacts.to_string_lossy().as_ref(),
+        ],
+    );
+    let sb = &summary["sandbox"];
+    assert_eq!(sb["initial"], false, "{summary}");
+    assert_eq!(sb["after"], true, "{summary}");
+    assert_eq!(sb["back"], false, "{summary}");
+    assert_eq!(sb["confined"], true, "bubblewrap works here: {summary}");
+    assert_eq!(summary["window_xss"], "undefined", "{summary}");
 }

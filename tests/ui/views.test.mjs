@@ -1,7 +1,7 @@
 // Drives the Approvals, Clients, Audit, Hostnames (minted token) and Sandbox views of the
 // Airlock web UI in Debian's headless Chromium with playwright-core, against a real agent.
 //
-//   node tests/ui/views.test.mjs <login url from `airlock ui --print`> --server NAME \
+//   node tests/ui/views.test.mjs <login url from `airlock ui --print`> [--server NAME] \
 //        [--client-name NAME] [--sandbox] [--out DIR]
 //
 // NAME is an exposed server (its name may be markup). The script is the OAuth client: it
@@ -37,7 +37,7 @@ for (let i = 0; i < args.length; i++) {
     process.exit(2);
   }
 }
-if (!opts.url || !/#code=/.test(opts.url) || !opts.server) {
+if (!opts.url || !/#code=/.test(opts.url) || !(opts.server || opts.sandbox)) {
   console.error("usage: views.test.mjs <http://127.0.0.1:PORT/#code=…> --server NAME [--client-name NAME] [--sandbox] [--out DIR]");
   process.exit(2);
 }
@@ -235,123 +235,128 @@ try {
     await page.locator('[data-view="servers"]').waitFor();
   }, true);
 
-  let server = null;
-  let oauth = null;
-  await step("discover the authorization server of the exposed server", async () => {
-    const list = await apiGet("/v1/servers");
-    server = (list.body && list.body.servers || []).find((s) => s.name === opts.server && s.exposed);
-    if (!server) throw new Error(`${opts.server} is not exposed: ${JSON.stringify(list.body)}`);
-    summary.resource = server.url;
-    oauth = await discover(server.url);
-    summary.issuer = oauth.issuer;
-  }, true);
+  if (opts.server) {
+    let server = null;
+    let oauth = null;
+    await step("discover the authorization server of the exposed server", async () => {
+      const list = await apiGet("/v1/servers");
+      server = (list.body && list.body.servers || []).find((s) => s.name === opts.server && s.exposed);
+      if (!server) throw new Error(`${opts.server} is not exposed: ${JSON.stringify(list.body)}`);
+      summary.resource = server.url;
+      oauth = await discover(server.url);
+      summary.issuer = oauth.issuer;
+    }, true);
 
-  let clientId = null;
-  let flow = null;
-  await step("a real authorize request waits for approval, live on the Approvals view", async () => {
-    await go("approvals");
-    check(await page.locator("article.approval").count() === 0, "no approval is pending yet");
-    await shot("approvals-empty");
-    clientId = await register(oauth.md, opts.clientName);
-    flow = await startAuthorize(oauth.md, clientId, server.url, "state-approve");
-    const card = page.locator("article.approval");
-    await card.first().waitFor(); // arrives through the event stream: no reload, no polling
-    summary.approval_seen = await card.count();
-    check(summary.approval_seen === 1, `expected one pending approval, saw ${summary.approval_seen}`);
-    await inert("article.approval", ".client-name", opts.clientName, "approval client name");
-    await inert("article.approval", ".approval-server", opts.server, "approval server name");
-    const host = await card.locator("code.redirect-host").textContent();
-    check(host === "127.0.0.1:9" || host === "127.0.0.1", `redirect host shown as ${host}`);
-    const count = await page.locator(".nav-count").textContent();
-    check(count === "1", `the Approvals nav entry shows ${count} pending`);
-    await shot("approvals");
-    await shot("approvals-dark", "dark");
-  }, true);
+    let clientId = null;
+    let flow = null;
+    await step("a real authorize request waits for approval, live on the Approvals view", async () => {
+      await go("approvals");
+      check(await page.locator("article.approval").count() === 0, "no approval is pending yet");
+      await shot("approvals-empty");
+      clientId = await register(oauth.md, opts.clientName);
+      flow = await startAuthorize(oauth.md, clientId, server.url, "state-approve");
+      const card = page.locator("article.approval");
+      await card.first().waitFor(); // arrives through the event stream: no reload, no polling
+      summary.approval_seen = await card.count();
+      check(summary.approval_seen === 1, `expected one pending approval, saw ${summary.approval_seen}`);
+      await inert("article.approval", ".client-name", opts.clientName, "approval client name");
+      await inert("article.approval", ".approval-server", opts.server, "approval server name");
+      const host = await card.locator("code.redirect-host").textContent();
+      check(host === "127.0.0.1:9" || host === "127.0.0.1", `redirect host shown as ${host}`);
+      const count = await page.locator(".nav-count").textContent();
+      check(count === "1", `the Approvals nav entry shows ${count} pending`);
+      await shot("approvals");
+      await shot("approvals-dark", "dark");
+    }, true);
 
-  let accessToken = null;
-  await step("Approve by click: the status URL redirects with a code that becomes a working token", async () => {
-    await page.locator("article.approval").getByRole("button", { name: /^Approve / }).click();
-    await page.locator("article.approval").waitFor({ state: "detached" });
-    const loc = await awaitRedirect(flow);
-    summary.approved_redirect = `${loc.origin}${loc.pathname}?state=${loc.searchParams.get("state")}&code=${loc.searchParams.get("code") ? "…" : ""}`;
-    check(`${loc.origin}${loc.pathname}` === REDIRECT, `redirected to ${loc}`);
-    check(loc.searchParams.get("state") === "state-approve" && loc.searchParams.get("code"), `no code/state in ${loc}`);
-    accessToken = await exchange(oauth.md, clientId, loc.searchParams.get("code"), flow.verifier, server.url);
-    const r = await mcpStatus(server.url, accessToken);
-    summary.token_works = r.status === 200;
-    check(summary.token_works, `the approved token got HTTP ${r.status} from the server`);
-  });
+    let accessToken = null;
+    await step("Approve by click: the status URL redirects with a code that becomes a working token", async () => {
+      await page.locator("article.approval").getByRole("button", { name: /^Approve / }).click();
+      await page.locator("article.approval").waitFor({ state: "detached" });
+      const loc = await awaitRedirect(flow);
+      summary.approved_redirect = `${loc.origin}${loc.pathname}?state=${loc.searchParams.get("state")}&code=${loc.searchParams.get("code") ? "…" : ""}`;
+      check(`${loc.origin}${loc.pathname}` === REDIRECT, `redirected to ${loc}`);
+      check(loc.searchParams.get("state") === "state-approve" && loc.searchParams.get("code"), `no code/state in ${loc}`);
+      accessToken = await exchange(oauth.md, clientId, loc.searchParams.get("code"), flow.verifier, server.url);
+      const r = await mcpStatus(server.url, accessToken);
+      summary.token_works = r.status === 200;
+      check(summary.token_works, `the approved token got HTTP ${r.status} from the server`);
+    });
 
-  await step("Deny by click: the redirect carries access_denied", async () => {
-    const second = await startAuthorize(oauth.md, clientId, server.url, "state-deny");
-    const card = page.locator("article.approval");
-    await card.first().waitFor();
-    await card.getByRole("button", { name: /^Deny / }).click();
-    await card.first().waitFor({ state: "detached" });
-    const loc = await awaitRedirect(second);
-    summary.denied_redirect = loc.searchParams.get("error");
-    check(summary.denied_redirect === "access_denied", `denied redirect: ${loc}`);
-    await page.locator(".note", { hasText: "Denied:" }).waitFor();
-  });
+    await step("Deny by click: the redirect carries access_denied", async () => {
+      const second = await startAuthorize(oauth.md, clientId, server.url, "state-deny");
+      const card = page.locator("article.approval");
+      await card.first().waitFor();
+      await card.getByRole("button", { name: /^Deny / }).click();
+      await card.first().waitFor({ state: "detached" });
+      const loc = await awaitRedirect(second);
+      summary.denied_redirect = loc.searchParams.get("error");
+      check(summary.denied_redirect === "access_denied", `denied redirect: ${loc}`);
+      await page.locator(".note", { hasText: "Denied:" }).waitFor();
+    });
 
-  await step("Clients lists the grant; a minted token is shown once and works", async () => {
-    await go("clients");
-    const client = page.locator("article.client", { has: page.locator(".client-name", { hasText: opts.clientName }) });
-    await client.first().waitFor();
-    summary.client_listed = true;
-    await inert("article.client", ".client-name", opts.clientName, "clients client name");
-    await client.locator("tr.grant").first().waitFor();
-    await inert("article.client", ".grant-server", opts.server, "clients server name");
-    await page.locator("#mint-server").selectOption(server.id);
-    await page.getByRole("button", { name: "Mint token" }).click();
-    const minted = (await page.locator("code.minted-token").textContent()) || "";
-    check(minted.length > 20, `minted token looks wrong: ${minted.length} chars`);
-    const r = await mcpStatus(server.url, minted);
-    summary.minted_token_works = r.status === 200;
-    check(summary.minted_token_works, `the minted token got HTTP ${r.status}`);
-    await shot("clients");
-  });
+    await step("Clients lists the grant; a minted token is shown once and works", async () => {
+      await go("clients");
+      const client = page.locator("article.client", { has: page.locator(".client-name", { hasText: opts.clientName }) });
+      await client.first().waitFor();
+      summary.client_listed = true;
+      await inert("article.client", ".client-name", opts.clientName, "clients client name");
+      await client.locator("tr.grant").first().waitFor();
+      await inert("article.client", ".grant-server", opts.server, "clients server name");
+      await page.locator("#mint-server").selectOption(server.id);
+      await page.getByRole("button", { name: "Mint token" }).click();
+      const minted = (await page.locator("code.minted-token").textContent()) || "";
+      check(minted.length > 20, `minted token looks wrong: ${minted.length} chars`);
+      const r = await mcpStatus(server.url, minted);
+      summary.minted_token_works = r.status === 200;
+      check(summary.minted_token_works, `the minted token got HTTP ${r.status}`);
+      await shot("clients");
+    });
 
-  await step("Revoke by click: the approved token stops working", async () => {
-    const client = page.locator("article.client", { has: page.locator(".client-name", { hasText: opts.clientName }) });
-    await client.locator("tr.grant").getByRole("button", { name: "Revoke" }).first().click();
-    await client.locator("tr.grant").getByRole("button", { name: "Revoke" }).first().waitFor({ state: "detached" });
-    const r = await mcpStatus(server.url, accessToken);
-    summary.revoked_token_refused = r.status === 401;
-    check(summary.revoked_token_refused, `the revoked token got HTTP ${r.status}`);
-  });
+    await step("Revoke by click: the approved token stops working", async () => {
+      const client = page.locator("article.client", { has: page.locator(".client-name", { hasText: opts.clientName }) });
+      await client.locator("tr.grant").getByRole("button", { name: "Revoke" }).first().click();
+      await client.locator("tr.grant").getByRole("button", { name: "Revoke" }).first().waitFor({ state: "detached" });
+      const r = await mcpStatus(server.url, accessToken);
+      summary.revoked_token_refused = r.status === 401;
+      check(summary.revoked_token_refused, `the revoked token got HTTP ${r.status}`);
+    });
 
-  await step("Audit lists what happened, newest first, and filters by kind", async () => {
-    await go("audit");
-    await page.locator("tr.audit-entry").first().waitFor();
-    summary.audit_kinds = await page.locator("tr.audit-entry").evaluateAll((rows) => rows.map((r) => r.dataset.kind));
-    for (const k of ["approval_requested", "grant_approved", "grant_denied", "token_issued", "token_minted", "revoked"]) {
-      check(summary.audit_kinds.includes(k), `audit lacks ${k}: ${JSON.stringify(summary.audit_kinds)}`);
-    }
-    const times = await page.locator("tr.audit-entry time").evaluateAll((els) => els.map((e) => Number(e.dataset.ms)));
-    check(times.every((t, i) => i === 0 || times[i - 1] >= t), "audit entries are not newest first");
-    await shot("audit");
-    await page.locator("#audit-kind").selectOption("grant_approved");
-    await page.waitForFunction(() => [...document.querySelectorAll("tr.audit-entry")].every((r) => r.dataset.kind === "grant_approved") && document.querySelectorAll("tr.audit-entry").length > 0);
-    summary.audit_filtered_kinds = [...new Set(await page.locator("tr.audit-entry").evaluateAll((rows) => rows.map((r) => r.dataset.kind)))];
-  });
+    await step("Audit lists what happened, newest first, and filters by kind", async () => {
+      await go("audit");
+      await page.locator("tr.audit-entry").first().waitFor();
+      summary.audit_kinds = await page.locator("tr.audit-entry").evaluateAll((rows) => rows.map((r) => r.dataset.kind));
+      for (const k of ["approval_requested", "grant_approved", "grant_denied", "token_issued", "token_minted", "revoked"]) {
+        check(summary.audit_kinds.includes(k), `audit lacks ${k}: ${JSON.stringify(summary.audit_kinds)}`);
+      }
+      const times = await page.locator("tr.audit-entry time").evaluateAll((els) => els.map((e) => Number(e.dataset.ms)));
+      check(times.every((t, i) => i === 0 || times[i - 1] >= t), "audit entries are not newest first");
+      await inert("table.audit", ".audit-client", opts.clientName, "audit client name");
+      await inert("table.audit", ".audit-server", opts.server, "audit server name");
+      await shot("audit");
+      await page.locator("#audit-kind").selectOption("grant_approved");
+      await page.waitForFunction(() => [...document.querySelectorAll("tr.audit-entry")].every((r) => r.dataset.kind === "grant_approved") && document.querySelectorAll("tr.audit-entry").length > 0);
+      summary.audit_filtered_kinds = [...new Set(await page.locator("tr.audit-entry").evaluateAll((rows) => rows.map((r) => r.dataset.kind)))];
+    });
 
-  await step("Hostnames mints a token for the Messages API snippet", async () => {
-    await go("hostnames");
-    const card = page.locator("article.hostname-card", { has: page.locator(".server-name", { hasText: opts.server }) });
-    await card.getByRole("button", { name: /^Mint a token for the Messages API snippet/ }).click();
-    await card.locator("p.note", { hasText: "minted for this server only" }).waitFor();
-    const snippet = JSON.parse((await card.locator("pre.messages-snippet").textContent()) || "{}");
-    const tok = snippet.mcp_servers && snippet.mcp_servers[0] && snippet.mcp_servers[0].authorization_token;
-    check(snippet.tools && snippet.tools[0] && snippet.tools[0].type === "mcp_toolset", "snippet lacks mcp_toolset");
-    const r = await mcpStatus(server.url, tok);
-    summary.snippet_token_works = r.status === 200;
-    check(summary.snippet_token_works, `the snippet's minted token got HTTP ${r.status}`);
-    await card.getByRole("button", { name: /^Copy the Messages API snippet/ }).click();
-    const clip = await page.evaluate(() => navigator.clipboard.readText());
-    check(clip.includes(tok), "the copied snippet carries the minted token");
-    await shot("hostnames-minted");
-  });
+    await step("Hostnames mints a token for the Messages API snippet", async () => {
+      await go("hostnames");
+      const card = page.locator("article.hostname-card", { has: page.locator(".server-name", { hasText: opts.server }) });
+      await card.getByRole("button", { name: /^Mint a token for the Messages API snippet/ }).click();
+      await card.locator("p.note", { hasText: "minted for this server only" }).waitFor();
+      const snippet = JSON.parse((await card.locator("pre.messages-snippet").textContent()) || "{}");
+      const tok = snippet.mcp_servers && snippet.mcp_servers[0] && snippet.mcp_servers[0].authorization_token;
+      check(snippet.tools && snippet.tools[0] && snippet.tools[0].type === "mcp_toolset", "snippet lacks mcp_toolset");
+      const r = await mcpStatus(server.url, tok);
+      summary.snippet_token_works = r.status === 200;
+      check(summary.snippet_token_works, `the snippet's minted token got HTTP ${r.status}`);
+      await card.getByRole("button", { name: /^Copy the Messages API snippet/ }).click();
+      const clip = await page.evaluate(() => navigator.clipboard.readText());
+      check(clip.includes(tok), "the copied snippet carries the minted token");
+      await shot("hostnames-minted");
+    });
+
+  }
 
   if (opts.sandbox) {
     await step("Sandbox: the switch turns the worker on and off", async () => {

@@ -59,6 +59,11 @@ function detail(e) {
   return parts;
 }
 
+function serverLabel(state, id) {
+  const s = state.servers.find((x) => x.id === id);
+  return s ? `${s.name} (${id})` : id;
+}
+
 export function auditView(state, actions) {
   const f = state.auditFilter;
   const servers = [...new Set([...state.servers.map((s) => String(s.id)), ...(state.audit || []).map((e) => e.server_id).filter(Boolean).map(String)])].sort();
@@ -74,7 +79,7 @@ export function auditView(state, actions) {
   const filters = h(
     "div",
     { class: "filters", role: "group", "aria-label": "Filter the audit log" },
-    select("audit-server", "Server", f.server, servers.map((s) => [s, s]), (v) => actions.setAuditFilter("server", v)),
+    select("audit-server", "Server", f.server, servers.map((id) => [id, serverLabel(state, id)]), (v) => actions.setAuditFilter("server", v)),
     select("audit-client", "Client", f.client, [...clients.entries()].map(([id, name]) => [id, name === id ? id : `${name} (${id})`]), (v) => actions.setAuditFilter("client", v)),
     select("audit-kind", "Kind", f.kind, AUDIT_KINDS.map((k) => [k, k.replaceAll("_", " ")]), (v) => actions.setAuditFilter("kind", v)),
   );
@@ -87,6 +92,10 @@ export function auditView(state, actions) {
   } else if (!state.audit.length) {
     body = emptyState(f.server || f.client || f.kind ? "No entries match these filters." : "The audit log is empty.", "Approvals, grants, tokens, refusals and every MCP call through the gateway are recorded here.");
   } else {
+    const serverName = (id) => {
+      const s = state.servers.find((x) => x.id === id);
+      return s ? String(s.name) : null;
+    };
     const names = (id) => (id && clients.get(String(id)) !== String(id) ? clients.get(String(id)) : null);
     body = h(
       "table",
@@ -102,8 +111,8 @@ export function auditView(state, actions) {
             { class: "audit-entry", dataset: { kind: String(e.kind ?? "") } },
             h("td", null, timeEl(e.ts_ms)),
             h("td", null, badge(String(e.kind ?? "").replaceAll("_", " "), KIND_STYLE[e.kind] || "muted")),
-            h("td", null, e.server_id ? code(String(e.server_id)) : h("span", { class: "muted" }, "—")),
-            h("td", null, e.client_id ? [names(e.client_id) ? h("span", { class: "block" }, names(e.client_id)) : null, code(String(e.client_id), "client-id")] : h("span", { class: "muted" }, "—")),
+            h("td", null, e.server_id ? [serverName(e.server_id) ? h("span", { class: "block audit-server" }, serverName(e.server_id)) : null, code(String(e.server_id))] : h("span", { class: "muted" }, "—")),
+            h("td", null, e.client_id ? [names(e.client_id) ? h("span", { class: "block audit-client" }, names(e.client_id)) : null, code(String(e.client_id), "client-id")] : h("span", { class: "muted" }, "—")),
             h("td", null, detail(e)),
           ),
         ),

@@ -125,7 +125,7 @@ function workerSection(s) {
 }
 
 function keySection(s) {
-  const login = "airlock sandbox login";
+  const login = `airlock sandbox login --base-url ${s.base_url ? String(s.base_url) : "https://api.anthropic.com"} --environment-id ${s.environment_id ? String(s.environment_id) : "env_…"} < environment-key.txt`;
   return h(
     "section",
     { class: "card", "aria-labelledby": "key-title" },
