@@ -456,3 +456,147 @@ async fn sandbox_worker_runs_a_session_in_the_agent_and_contains_escapes() {
     assert_eq!(st["running"], false, "{st}");
     assert_eq!(st["worker"]["state"], "stopped", "{st}");
 }
+
+/// Runs `airlock sandbox login` in `home` with `key` on standard input.
+fn login(home: &TestHome, base: &str, env_id: &str, key: &str) {
+    let mut cmd = home.airlock();
+    cmd.args([
+        "sandbox",
+        "login",
+        "--base-url",
+        base,
+        "--environment-id",
+        env_id,
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{key}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "login failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_status(agent: &Agent, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = agent.cli_json(&["sandbox", "status", "--json"]);
+        if f(&st) {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "{what}: {st}");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabled_worker_starts_with_the_agent_scrubs_the_environment_and_reports_a_rejected_key() {
+    let mut home = TestHome::new();
+    let state = home.scratch().join("relay-state");
+    let state_s = state.to_str().unwrap().to_string();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _queue = start_queue(&home, &state_s, port);
+    let env = home.cli(&["relay", "env", "create", "--state", &state_s]);
+    env.assert_success("airlock relay env create");
+    let env = env.json();
+    let env_id = env["environment_id"].as_str().unwrap().to_string();
+    let orchestrator = Orchestrator {
+        base: base.clone(),
+        api_key: env["api_key"].as_str().unwrap().to_string(),
+        http: reqwest::Client::new(),
+    };
+    // Secrets in the agent's own environment must not reach the tools.
+    home.set_env("ANTHROPIC_API_KEY", "sk-ant-agent-secret-7c1e");
+    home.set_env("AWS_SECRET_ACCESS_KEY", "aws-agent-secret-51d0");
+    home.write_airlock_config(
+        "[discovery]\nprobe_running = false\n\n[keystore]\nbackend = \"file\"\n\n[relay]\nembedded = false\n\n\
+         [sandbox]\nenabled = true\n",
+    );
+    // Logged in before the agent runs (the keystore is shared), enabled in config.toml: the worker starts with it.
+    login(
+        &home,
+        &base,
+        &env_id,
+        env["environment_key"].as_str().unwrap(),
+    );
+    let agent = Agent::start(home);
+    wait_status(&agent, "the enabled worker never started", |st| {
+        st["running"] == true && st["worker"]["state"] == "polling"
+    });
+
+    let s = orchestrator
+        .call(
+            reqwest::Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent": "scripted", "environment_id": env_id})),
+        )
+        .await;
+    let sid = s["id"].as_str().unwrap().to_string();
+    let ids = orchestrator
+        .post_calls(
+            &sid,
+            vec![json!({"type": "agent.tool_use", "name": "bash", "input": {"command": "env; echo home=$HOME"}})],
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (err, text) = loop {
+        if let Some(r) = orchestrator.results(&sid).await.get(&ids[0]) {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "no result");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!err, "{text}");
+    let workdir = agent
+        .home
+        .airlock_home()
+        .join("sandbox/sessions")
+        .join(&sid);
+    assert!(
+        text.contains(&format!("home={}", workdir.display())),
+        "HOME is the workdir: {text}"
+    );
+    for leaked in [
+        "ANTHROPIC",
+        "sk-ant-agent-secret",
+        "aws-agent-secret",
+        "DBUS_SESSION",
+        "XDG_RUNTIME_DIR",
+        "AIRLOCK_HOME",
+    ] {
+        assert!(
+            !text.contains(leaked),
+            "{leaked} reached the sandbox: {text}"
+        );
+    }
+
+    // A key the queue rejects: the worker stops by itself and says why.
+    login(&agent.home, &base, &env_id, "not-the-environment-key");
+    agent.cli(&["sandbox", "off"]).assert_success("sandbox off");
+    let on = agent.cli_json(&["sandbox", "on", "--json"]);
+    assert_eq!(on["enabled"], true, "{on}");
+    let st = wait_status(&agent, "the rejected key never showed", |st| {
+        st["worker"]["state"] == "failed"
+    });
+    assert_eq!(st["running"], false, "{st}");
+    let why = st["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("rejected"), "{st}");
+    assert!(
+        !why.contains("not-the-environment-key"),
+        "the key is in the status: {st}"
+    );
+    assert!(
+        !agent.stderr_log().contains("not-the-environment-key"),
+        "the key was logged"
+    );
+}

@@ -34,6 +34,9 @@ use crate::state::{AgentState, Event};
 /// Keystore name of the environment key (`airlock sandbox login` stores it).
 pub const ENVIRONMENT_KEY: &str = "sandbox-environment-key";
 
+/// How long `off` waits for the worker's teardown.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Tools the sandbox executes; other tool calls stay pending for their owner.
 pub const OWNED_TOOLS: [&str; 6] = airlock_sandbox::TOOL_NAMES;
 
@@ -462,7 +465,7 @@ impl SandboxControl {
         if let Err(e) = self.start(state).await {
             tracing::error!(error = %e, "the sandbox worker did not start (`airlock sandbox status` shows why)");
             *lock(&self.last_error) = Some(e.to_string());
-            emit(state, self.event(false, None));
+            emit(state, self.event(true, false, None));
         }
     }
 
@@ -584,7 +587,7 @@ impl SandboxControl {
             tracing::info!("sandbox worker stopped");
         }
         let last = lock(&self.last_status).clone();
-        emit(state, self.event(false, last.as_ref()));
+        emit(state, self.event(false, false, last.as_ref()));
     }
 
     async fn retire(&self, old: Running) {
@@ -595,18 +598,24 @@ impl SandboxControl {
             forward_stop,
             ..
         } = old;
-        if let Err(e) = handle.stop().await {
-            *lock(&self.last_error) = Some(e.to_string());
+        // The teardown force-stops the item on the server; a queue that does not answer must not hold `off` (or
+        // the agent's shutdown) for the HTTP timeout.
+        match tokio::time::timeout(STOP_GRACE, handle.stop()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => *lock(&self.last_error) = Some(e.to_string()),
+            Err(_) => tracing::warn!(
+                "the sandbox worker did not finish its teardown within {STOP_GRACE:?}; it goes on in the background"
+            ),
         }
         forward_stop.cancel();
         let _ = forward.await;
         *lock(&self.last_status) = Some(worker.status().borrow().clone());
     }
 
-    fn event(&self, running: bool, status: Option<&WorkerStatus>) -> SandboxEvent {
+    fn event(&self, enabled: bool, running: bool, status: Option<&WorkerStatus>) -> SandboxEvent {
         let s = status.cloned().unwrap_or_default();
         SandboxEvent {
-            enabled: running,
+            enabled,
             running,
             state: if running {
                 s.state
