@@ -42,9 +42,11 @@ for f in "$NODE" "$SE"; do
     fi
 done
 
-echo "==> building $PROFILE binaries (airlock, tunnel-load, relay-load)" >&2
-if [ "$PROFILE" = release ]; then PROFILE_FLAG=(--release); else PROFILE_FLAG=(); fi
-(cd "$ROOT" && cargo build "${PROFILE_FLAG[@]}" -q -p airlock -p airlock-e2e --bin airlock --bin tunnel-load --bin relay-load)
+if [ "${BUILD:-1}" = 1 ]; then
+    echo "==> building $PROFILE binaries (airlock, tunnel-load, relay-load); BUILD=0 skips this" >&2
+    if [ "$PROFILE" = release ]; then PROFILE_FLAG=(--release); else PROFILE_FLAG=(); fi
+    (cd "$ROOT" && cargo build "${PROFILE_FLAG[@]}" -q -p airlock -p airlock-e2e --bin airlock --bin tunnel-load --bin relay-load)
+fi
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 AIRLOCK="${AIRLOCK_BIN:-$TARGET_DIR/$PROFILE/airlock}"
 LOAD="$TARGET_DIR/$PROFILE/tunnel-load"
@@ -61,7 +63,7 @@ trap cleanup EXIT
 ulimit -Sn "$(ulimit -Hn)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-json_field() { python3 -c 'import json,sys; v=json.loads(sys.stdin.readline())
+json_field() { python3 -c 'import json,sys; v=json.load(sys.stdin)
 for k in sys.argv[1].split("."): v=v[int(k)] if isinstance(v,list) else v[k]
 print(v)' "$1"; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
@@ -148,7 +150,7 @@ DIRECT="$(json_field direct <"$TMP/agent.out")"; EHOST="$(json_field host <"$TMP
 DPORT="${DIRECT##*:}"
 BYTES=$((BULK_MB * 1024 * 1024))
 bulk() { "$RL" bulk --connect "$1" --host "$EHOST" --ca "$TMP/echo-ca.pem" --bytes "$BYTES" --label "$2"; }
-B_AIR="$(bulk "127.0.0.1:$RPUB" airlock)"; echo "$B_AIR"
+B_AIR="$(bulk "127.0.0.1:$RPUB" airlock)" || { echo "error: bulk through the relay failed" >&2; tail -5 "$TMP/relay.log" >&2; B_AIR=""; }; echo "$B_AIR"
 B_DIR="$(bulk "$DIRECT" direct)"; echo "$B_DIR"
 
 B_RT=""; B_RP=""; B_BORE=""
@@ -239,14 +241,16 @@ for r in (r1, r0):
     print("  %-7s %8.1f req/s  p50 %.3f ms  p99 %.3f ms  errors %s" % (r["label"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]))
 print("  relay/direct req/s ratio: %.3f (goal >= 0.85)" % (r1["rps"] / r0["rps"] if r0["rps"] else 0))
 print("  added p50: %+.3f ms (goal <= 0.2 ms)   added p99: %+.3f ms" % (r1["p50_ms"] - r0["p50_ms"], r1["p99_ms"] - r0["p99_ms"]))
-print("== bulk download (%d MiB, inner TLS on every path)" % (bulk["airlock"]["bytes"] >> 20))
+print("== bulk download (%d MiB, inner TLS on every path)" % (next(iter(bulk.values()))["bytes"] >> 20))
 for k, j in bulk.items():
     print("  %-14s %9.1f Mbit/s" % (k, j["mbit_s"]))
-if "rathole-tls" in bulk:
+if "airlock" not in bulk:
+    print("  airlock: FAILED (see the error above)")
+elif "rathole-tls" in bulk:
     print("  airlock / rathole-tls: %.3f (goal >= 1.0)" % (bulk["airlock"]["mbit_s"] / bulk["rathole-tls"]["mbit_s"]))
-if "rathole-plain" in bulk:
+if "rathole-plain" in bulk and "airlock" in bulk:
     print("  airlock / rathole-plain: %.3f (information)" % (bulk["airlock"]["mbit_s"] / bulk["rathole-plain"]["mbit_s"]))
-if "bore-plain" in bulk:
+if "bore-plain" in bulk and "airlock" in bulk:
     print("  airlock / bore: %.3f (information)" % (bulk["airlock"]["mbit_s"] / bulk["bore-plain"]["mbit_s"]))
 base, tun, st, nt, ns = (int(x) for x in a[7:12])
 print("== relay RSS: idle %.1f MiB; %d idle tunnels %.1f MiB (%.1f KiB/tunnel); %d streams %.1f MiB (%.1f KiB/stream)" % (
