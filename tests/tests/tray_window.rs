@@ -309,11 +309,19 @@ fn tray_pids(bin: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// The tray is a single instance per D-Bus session: its tests take turns.
-static ONE_TRAY: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_tray() -> std::sync::MutexGuard<'static, ()> {
-    ONE_TRAY.lock().unwrap_or_else(|p| p.into_inner())
+/// The tray is a single instance per D-Bus session: its tests take turns, across test
+/// processes too (nextest runs each test in its own), through an exclusive file lock.
+fn one_tray() -> std::fs::File {
+    let path = std::env::temp_dir().join("airlock-tray-e2e.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
+    file
 }
 
 #[test]
