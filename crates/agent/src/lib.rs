@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_discovery::{DiscoveryEnv, ProbeOptions, Snapshot};
-use airlock_gateway::{BearerToken, Gateway, GatewayOptions};
+use airlock_gateway::{Gateway, GatewayOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -156,10 +156,8 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
 
     // Gateway ingress on loopback.
     let ingress_stop = CancellationToken::new();
-    let auth: Arc<dyn airlock_gateway::Authorizer> =
-        Arc::new(BearerToken::new(gateway_token.clone()));
-    // OAuth 2.1 (resource server + authorization server) on the loopback gateway and the Anthropic tunnel; the relay
-    // path still checks the gateway token. The gateway token stays accepted by the OAuth verifier for now.
+    // OAuth 2.1 (resource server + authorization server) on every ingress: loopback, Anthropic tunnel, relay. The
+    // gateway token stays accepted by the OAuth verifier for now.
     let (oauth_server, resource_server) = oauth::open(
         home.root().join("oauth.sqlite"),
         &gateway,
@@ -187,7 +185,13 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
     }
     let relay_config = state.config();
     if relay::wanted(&relay_config) {
-        relay::start(&state, auth.clone(), &tasks, ingress_stop.clone()).await?;
+        relay::start(
+            &state,
+            resource_server.clone(),
+            &tasks,
+            ingress_stop.clone(),
+        )
+        .await?;
     }
 
     // Control API.

@@ -19,7 +19,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use airlock_gateway::{AuthError, Authorizer, Gateway};
+use airlock_gateway::{
+    Arrival, Gateway, HostRoutes, IngressKind, Protection, ResourceServer, Site,
+};
 use airlock_ingress::{HostTable, InnerTls, Terminator};
 use airlock_keystore::{Keystore, Secret};
 use airlock_relay::{
@@ -231,7 +233,7 @@ pub fn wanted(config: &Config) -> bool {
 /// Starts the relay path (nodes from `[relay]`, else the embedded relay) and registers it in `state.relay`.
 pub async fn start(
     state: &Arc<AgentState>,
-    auth: Arc<dyn Authorizer>,
+    auth: ResourceServer,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> Result<(), AgentError> {
@@ -293,8 +295,13 @@ pub async fn start(
             let ca = store.ensure_ca(now).await?.cert().fingerprint_sha256_hex();
             let cert = store.issue_loopback(now).await?;
             let tls = InnerTls::new(&cert.chain_pem, cert.key_pem.expose()).map_err(invalid)?;
+            let ports: Arc<LocalPorts> = Arc::new(LocalPorts::default());
+            let registered: Arc<dyn HostRoutes> = ports.clone();
+            state.gateway.register_hosts(&registered);
             Some(Arc::new(LocalRoutes {
                 gateway: state.gateway.clone(),
+                ports,
+                _registered: registered,
                 tls,
                 issued: Mutex::new((cert.not_after, ca)),
                 auth: auth.clone(),
@@ -448,7 +455,7 @@ async fn install_domain(
     runtime: &RelayRuntime,
     ctx: &StreamCtx,
     domain: &str,
-    auth: &Arc<dyn Authorizer>,
+    auth: &ResourceServer,
 ) -> Result<(), AgentError> {
     let store = PkiStore::new(
         &runtime.pki_root,
@@ -463,8 +470,9 @@ async fn install_domain(
         state.gateway.clone(),
         tls,
         HostTable::new(&domain),
-        auth.clone(),
-    );
+        Protection::OAuth(auth.clone()),
+    )
+    .with_ingress(IngressKind::Relay);
     runtime.set_domain(&domain);
     *ctx.domain.write().unwrap_or_else(|p| p.into_inner()) = Some(domain.clone());
     let old = runtime.terminator.send_replace(Some(terminator));
@@ -480,7 +488,7 @@ async fn watch_nodes(
     state: Arc<AgentState>,
     runtime: Arc<RelayRuntime>,
     ctx: Arc<StreamCtx>,
-    auth: Arc<dyn Authorizer>,
+    auth: ResourceServer,
     stop: CancellationToken,
 ) {
     let mut rx = runtime.status.clone();
@@ -651,7 +659,11 @@ struct LocalRoutes {
     tls: InnerTls,
     /// Expiry of the loopback certificate and the fingerprint of the CA that issued it.
     issued: Mutex<(OffsetDateTime, String)>,
-    auth: Arc<dyn Authorizer>,
+    auth: ResourceServer,
+    /// `127.0.0.1:<port>` → route id, for resolving the ports' resource URLs.
+    ports: Arc<LocalPorts>,
+    /// Keeps the gateway's (weak) registration of `ports` alive.
+    _registered: Arc<dyn HostRoutes>,
     relay_public: SocketAddr,
     /// By server id.
     listeners: tokio::sync::Mutex<HashMap<String, LocalListener>>,
@@ -737,6 +749,14 @@ impl LocalRoutes {
             .values()
             .map(|l| (l.slug.clone(), l.port))
             .collect();
+        *self
+            .ports
+            .by_port
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = listeners
+            .iter()
+            .map(|(id, l)| (l.port, id.clone()))
+            .collect();
         chosen
     }
 
@@ -761,7 +781,7 @@ impl LocalRoutes {
             let gateway = gateway.clone();
             let auth = auth.clone();
             let slug = slug.clone();
-            async move { route_local(&gateway, auth.as_ref(), &slug, port, req).await }
+            async move { route_local(&gateway, &auth, &slug, port, peer, req).await }
         });
         airlock_gateway::ingress::serve_connection_until(
             tls,
@@ -783,13 +803,15 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
-/// `Host` must name this loopback port (DNS rebinding); the bearer token is checked and stripped.
+/// `Host` must name this loopback port (DNS rebinding); then the OAuth resource server decides (the server's
+/// resource URL on this port is `https://127.0.0.1:<port>/mcp`).
 async fn route_local(
     gateway: &Gateway,
-    auth: &dyn Authorizer,
+    rs: &ResourceServer,
     slug: &str,
     port: u16,
-    mut req: Request<Body>,
+    peer: SocketAddr,
+    req: Request<Body>,
 ) -> Response<Body> {
     let host = req
         .headers()
@@ -801,37 +823,65 @@ async fn route_local(
                 .authority()
                 .map(|a| a.to_string().to_ascii_lowercase())
         });
-    let ok = host.is_some_and(|h| {
+    let Some(host) = host.filter(|h| {
         [
             format!("127.0.0.1:{port}"),
             format!("localhost:{port}"),
             format!("[::1]:{port}"),
         ]
-        .contains(&h)
-    });
-    if !ok {
+        .contains(h)
+    }) else {
         return text(
             StatusCode::MISDIRECTED_REQUEST,
             "Host must be 127.0.0.1:<this port>",
         );
-    }
-    let Some(route_id) = gateway.route_id_for_slug(slug) else {
+    };
+    let Some(server_id) = gateway.route_id_for_slug(slug) else {
         return text(StatusCode::BAD_GATEWAY, "No route configured for host");
     };
-    if let Err(e) = auth.authorize(&route_id, req.headers()) {
-        let mut resp = text(
-            StatusCode::UNAUTHORIZED,
-            match e {
-                AuthError::Missing => "missing bearer token",
-                _ => "invalid bearer token",
+    gateway
+        .serve_protected(
+            rs,
+            Arrival {
+                site: Site::Host {
+                    server_id,
+                    origin: format!("https://{host}"),
+                },
+                ingress: IngressKind::Relay,
+                peer: Some(peer),
             },
-        );
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return resp;
+            req,
+        )
+        .await
+}
+
+/// The embedded relay's loopback ports as a per-server-host ingress: `127.0.0.1:<port>` (also `localhost`, `[::1]`)
+/// names the server behind that port.
+#[derive(Default)]
+struct LocalPorts {
+    by_port: RwLock<HashMap<u16, String>>,
+}
+
+impl HostRoutes for LocalPorts {
+    fn route_for_host(&self, host: &str) -> Option<String> {
+        let (name, port) = host.rsplit_once(':')?;
+        if !matches!(
+            name.to_ascii_lowercase().as_str(),
+            "127.0.0.1" | "localhost" | "[::1]"
+        ) {
+            return None;
+        }
+        let port: u16 = port.parse().ok()?;
+        self.by_port
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&port)
+            .cloned()
     }
-    req.headers_mut().remove(header::AUTHORIZATION);
-    gateway.handle(&route_id, req).await
+
+    fn ingress(&self) -> IngressKind {
+        IngressKind::Relay
+    }
 }
 
 /// A relay stream that, once shut down for writing, outlives its user until the peer finishes too.

@@ -280,6 +280,19 @@ async fn expose_fixture(client: &ControlClient) -> Value {
     view
 }
 
+/// A token for the fixture server, minted through the control API (`airlock token create`).
+async fn mint_token(client: &ControlClient, view: &Value) -> String {
+    let server_id = view["id"].as_str().unwrap();
+    let minted = client
+        .post(
+            "/v1/tokens",
+            &json!({"server_id": server_id, "scope": "mcp:read mcp:call", "label": "relay test"}),
+        )
+        .await
+        .unwrap();
+    minted["token"].as_str().unwrap().to_string()
+}
+
 async fn url_info(client: &ControlClient) -> Value {
     client.get("/v1/servers/fixture/url").await.unwrap()
 }
@@ -368,7 +381,7 @@ async fn agent_serves_mcp_through_two_relay_nodes_and_reconnects_after_a_relay_r
         format!("https://fixture.{domain}:{}/mcp", a_public.port()).as_str()
     );
     let info = url_info(&agent.client).await;
-    let token_gw = info["bearer_token"].as_str().unwrap().to_string();
+    let token_gw = mint_token(&agent.client, &view).await;
     let ca_file = info["relay_ca_file"].as_str().unwrap().to_string();
     assert!(
         info["urls"]
@@ -447,7 +460,7 @@ async fn embedded_default_gives_each_server_a_loopback_https_url_that_survives_r
     assert!(domain.ends_with(".airlock.localhost"), "{domain}");
     let fingerprint = status["relay"]["ca_fingerprint"].clone();
     assert!(fingerprint.is_string(), "{status:#}");
-    expose_fixture(&agent.client).await;
+    let view = expose_fixture(&agent.client).await;
     let info = url_info(&agent.client).await;
     let local = info["local_url"].as_str().unwrap().to_string();
     let port: u16 = local
@@ -456,7 +469,7 @@ async fn embedded_default_gives_each_server_a_loopback_https_url_that_survives_r
         .unwrap()
         .parse()
         .unwrap();
-    let token = info["bearer_token"].as_str().unwrap().to_string();
+    let token = mint_token(&agent.client, &view).await;
     let ca = std::fs::read_to_string(info["relay_ca_file"].as_str().unwrap()).unwrap();
     let local_addr: SocketAddr = ([127, 0, 0, 1], port).into();
 
