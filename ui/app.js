@@ -336,7 +336,8 @@ const actions = {
       state.narrow.delete(id);
       state.narrowText.delete(id);
       if (a) {
-        state.lastDecision = `${approve ? "Approved" : "Denied"}: ${a.client_name} for ${a.server_name}${tools ? ` (${tools.length} tool${tools.length === 1 ? "" : "s"})` : ""}.`;
+        const srv = state.servers.find((x) => x.id === a.server_id);
+        state.lastDecision = `${approve ? "Approved" : "Denied"}: ${a.client_name} for ${srv ? srv.name : a.server_name}${tools ? ` (${tools.length} tool${tools.length === 1 ? "" : "s"})` : ""}.`;
       }
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) {
@@ -347,6 +348,13 @@ const actions = {
     } finally {
       state.deciding.delete(id);
       render();
+      // The decided card is gone: keep keyboard users in the list, not at the top of the page.
+      if (!document.activeElement || document.activeElement === document.body) {
+        const next = root.querySelector("article.approval .btn-primary") || root.querySelector(".view-title");
+        if (next) {
+          next.focus();
+        }
+      }
     }
   },
   async loadClients() {
