@@ -358,6 +358,8 @@ async fn sandbox_worker_runs_a_session_in_the_agent_and_contains_escapes() {
         let (err, text) = get(i);
         assert!(err, "curl to a loopback service must fail: {text}");
     }
+    // The refusal came from the egress proxy, reached through the in-sandbox forwarder (`airlock sandbox-exec`).
+    assert!(get(5).1.contains("403"), "{:?}", get(5));
     assert!(
         matches!(service.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the loopback service received a connection from the sandbox"

@@ -530,15 +530,7 @@ impl SandboxControl {
             .filter(|s| !s.is_empty())
             .ok_or_else(|| not_ready("environment key in the keystore"))?;
         let report = isolation().await;
-        if report.best.is_none() && !section.unconfined {
-            return Err(SandboxControlError::NoIsolation(format!(
-                "no OS sandbox works on this machine ({}); install bubblewrap (`apt install bubblewrap`) or run a \
-                 kernel with Landlock — or, knowing that tools would then run with your user's full rights, set \
-                 `unconfined = true` under [sandbox] in {}",
-                isolation_problem(&report),
-                state.home.config_path().display()
-            )));
-        }
+        check_isolation(&report, section.unconfined, &state.home.config_path())?;
         let mut cfg = WorkerConfig::new(environment_id, airlock_worker::Secret::new(key.as_str()));
         if let Some(url) = &section.base_url {
             cfg.base_url = url.clone();
@@ -714,6 +706,24 @@ pub async fn isolation() -> IsolationReport {
     }
 }
 
+/// Refuses to run tools without an OS sandbox unless the user opted into unconfined mode.
+fn check_isolation(
+    report: &IsolationReport,
+    unconfined: bool,
+    config_path: &Path,
+) -> Result<(), SandboxControlError> {
+    if report.best.is_some() || unconfined {
+        return Ok(());
+    }
+    Err(SandboxControlError::NoIsolation(format!(
+        "no OS sandbox works on this machine ({}); install bubblewrap (`apt install bubblewrap`) or run a kernel \
+         with Landlock — or, knowing that tools would then run with your user's full rights, set \
+         `unconfined = true` under [sandbox] in {}",
+        isolation_problem(report),
+        config_path.display()
+    )))
+}
+
 fn isolation_problem(r: &IsolationReport) -> String {
     let mut parts = Vec::new();
     match (&r.bubblewrap, &r.bubblewrap_problem) {
@@ -843,6 +853,38 @@ mod tests {
             Vec::new(),
         );
         assert_eq!(chosen.workdir_for("sesn_2"), Path::new("/src/project"));
+    }
+
+    #[test]
+    fn no_isolation_refuses_unless_unconfined() {
+        let none = IsolationReport {
+            platform: "macos",
+            bubblewrap: None,
+            bubblewrap_works: false,
+            bubblewrap_problem: None,
+            landlock: false,
+            landlock_problem: Some("Landlock is Linux-only".into()),
+            seccomp: false,
+            cgroup: airlock_sandbox::CgroupSupport::Unavailable {
+                reason: "no cgroups".into(),
+            },
+            best: None,
+        };
+        let cfg = Path::new("/h/config.toml");
+        let err = check_isolation(&none, false, cfg).unwrap_err().to_string();
+        assert!(
+            err.contains("bubblewrap is not installed")
+                && err.contains("Linux-only")
+                && err.contains("unconfined = true")
+                && err.contains("/h/config.toml"),
+            "{err}"
+        );
+        assert!(check_isolation(&none, true, cfg).is_ok());
+        let bwrap = IsolationReport {
+            best: Some(Mechanism::Bubblewrap),
+            ..none
+        };
+        assert!(check_isolation(&bwrap, false, cfg).is_ok());
     }
 
     #[test]
