@@ -4,7 +4,8 @@
 //! script-bearing name and opens the loopback authorize URL, and headless Chromium approves
 //! and denies by clicking. The status URL must redirect with a code that becomes a working
 //! token; the grant is revoked by clicking and the token stops working; minted tokens work;
-//! the audit log filters; the sandbox switch is clicked and `GET /v1/sandbox` follows. No name
+//! the audit log filters; the sandbox switch is clicked and `GET /v1/sandbox` follows, and a
+//! session on a real work queue (`airlock relay --api`) shows up live with its tool calls. No name
 //! ever becomes markup or runs. Screenshots land in `tests/artifacts/ui-views/`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -66,10 +67,13 @@ fn login_url(agent: &Agent) -> String {
         .to_string()
 }
 
-fn run_ui_script(agent: &Agent, args: &[&str]) -> Value {
+fn run_ui_script(agent: &Agent, args: &[&str], envs: &[(&str, &str)]) -> Value {
     let node = NodeTools::locate();
     let mut cmd = node.command(&ui_test_dir().join("views.test.mjs"));
     cmd.current_dir(repo_root()).args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
     let run = run_with_timeout(cmd, BROWSER_TIMEOUT);
     eprintln!("--- views.test.mjs stderr\n{}", run.stderr);
     let summary: Value = serde_json::from_str(
@@ -123,6 +127,7 @@ fn browser_approves_denies_revokes_mints_and_names_stay_inert() {
             "--out",
             artifacts.to_string_lossy().as_ref(),
         ],
+        &[],
     );
 
     assert_eq!(summary["approval_seen"], 1, "{summary}");
@@ -233,6 +238,7 @@ fn browser_toggles_the_sandbox_and_the_api_follows() {
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let api_key = env["api_key"].as_str().unwrap_or_default().to_string();
     assert!(!env_id.is_empty() && !env_key.is_empty(), "{env}");
 
     // The key goes in on stdin, as a person would pipe it.
@@ -272,14 +278,33 @@ fn browser_toggles_the_sandbox_and_the_api_follows() {
         &[
             url.as_str(),
             "--sandbox",
+            "--queue",
+            &format!("http://127.0.0.1:{port}"),
+            "--environment-id",
+            &env_id,
             "--out",
             artifacts.to_string_lossy().as_ref(),
         ],
+        // The queue's API key goes in the environment, never argv.
+        &[("AIRLOCK_TEST_QUEUE_API_KEY", api_key.as_str())],
     );
     let sb = &summary["sandbox"];
     assert_eq!(sb["initial"], false, "{summary}");
     assert_eq!(sb["after"], true, "{summary}");
     assert_eq!(sb["back"], false, "{summary}");
     assert_eq!(sb["confined"], true, "bubblewrap works here: {summary}");
+    // A real session through the queue showed up live: current session, a call in flight,
+    // both calls finished.
+    let run = &summary["sandbox_session"];
+    assert_eq!(run["current_shown"], true, "{summary}");
+    assert_eq!(run["in_flight_shown"], true, "{summary}");
+    assert!(
+        run["recent_rows"].as_u64().is_some_and(|n| n >= 2),
+        "{summary}"
+    );
+    assert!(
+        run["sandbox_events"].as_u64().is_some_and(|n| n >= 2),
+        "the view must have been driven by sandbox events: {summary}"
+    );
     assert_eq!(summary["window_xss"], "undefined", "{summary}");
 }

@@ -30,6 +30,8 @@ for (let i = 0; i < args.length; i++) {
   if (a === "--server") opts.server = args[++i];
   else if (a === "--client-name") opts.clientName = args[++i];
   else if (a === "--sandbox") opts.sandbox = true;
+  else if (a === "--queue") opts.queue = args[++i];
+  else if (a === "--environment-id") opts.envId = args[++i];
   else if (a === "--out") opts.out = path.resolve(args[++i]);
   else if (!opts.url) opts.url = a;
   else {
@@ -182,6 +184,47 @@ async function exchange(md, clientId, code, verifier, resource) {
   const body = await r.json();
   if (!r.ok || !body.access_token) throw new Error(`token exchange: HTTP ${r.status} ${JSON.stringify(body)}`);
   return body.access_token;
+}
+
+// --- a Managed Agents session on the local work queue (`airlock relay --api`) ----------------
+
+async function queueCall(method, p, body) {
+  const r = await fetch(`${opts.queue}${p}`, {
+    method,
+    headers: {
+      "x-api-key": process.env.AIRLOCK_TEST_QUEUE_API_KEY || "",
+      "anthropic-version": "2023-06-01",
+      "anthropic-beta": "managed-agents-2026-04-01",
+      "content-type": "application/json",
+    },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const v = await r.json().catch(() => null);
+  if (!r.ok) throw new Error(`${method} ${p}: HTTP ${r.status} ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** Starts a session with two bash calls and watches the Sandbox view show it live. */
+async function runSession(page) {
+  const s = await queueCall("POST", "/v1/sessions", { agent: "scripted", environment_id: opts.envId });
+  const sid = s.id;
+  await queueCall("POST", `/v1/sessions/${sid}/events`, {
+    events: [
+      { type: "agent.tool_use", name: "bash", input: { command: "sleep 3; echo slow" } },
+      { type: "agent.tool_use", name: "bash", input: { command: "echo quick" } },
+    ],
+  });
+  const out = { session_id: sid, current_shown: false, in_flight_shown: false, recent_rows: 0 };
+  await page.locator("code.session-id", { hasText: sid }).first().waitFor({ timeout: 60_000 });
+  out.current_shown = true;
+  await page.locator("ul.calls li.call", { hasText: "bash" }).first().waitFor({ timeout: 60_000 });
+  out.in_flight_shown = true;
+  await page.waitForFunction(() => document.querySelectorAll("tr.call").length >= 2, null, { timeout: 60_000 });
+  out.recent_rows = await page.locator("tr.call").count();
+  const noReload = await page.evaluate(() => window.airlockUi.events.sandbox);
+  out.sandbox_events = noReload;
+  await queueCall("POST", `/v1/sessions/${sid}/events`, { events: [{ type: "session.status_idle", stop_reason: { type: "end_turn" } }] });
+  return out;
 }
 
 // --- the browser ------------------------------------------------------------------------------
@@ -379,6 +422,10 @@ try {
       check(after.body && after.body.enabled === !initial, `GET /v1/sandbox after the click: ${JSON.stringify(after.body)}`);
       await shot("sandbox");
       await shot("sandbox-dark", "dark");
+      if (opts.queue) {
+        summary.sandbox_session = await runSession(page);
+        await shot("sandbox-session");
+      }
       await page.locator("#sandbox-switch").click();
       await page.waitForFunction((want) => {
         const el = document.getElementById("sandbox-switch");
