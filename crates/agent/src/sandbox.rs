@@ -427,16 +427,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The sandbox helper: this executable run as `<exe> sandbox-exec …` (the `airlock` binary has that hidden
-/// subcommand). `AIRLOCK_SANDBOX_EXEC` names another helper binary instead (no prefix then).
+/// The sandbox helper: `AIRLOCK_SANDBOX_EXEC` when set; the `airlock` binary itself as `airlock sandbox-exec …`;
+/// for other programs embedding the agent (the tray), an `airlock-sandbox-exec` binary next to them when there is
+/// one, else themselves with the `sandbox-exec` prefix (they must hand that subcommand to
+/// `airlock_sandbox::helper::main_with_prefix` before anything else, as `airlock` does).
 fn default_helper() -> (Option<PathBuf>, Vec<String>) {
     if let Some(p) = std::env::var_os("AIRLOCK_SANDBOX_EXEC") {
         return (Some(PathBuf::from(p)), Vec::new());
     }
-    match std::env::current_exe() {
-        Ok(exe) => (Some(exe), vec!["sandbox-exec".to_string()]),
-        Err(_) => (None, Vec::new()),
+    let Ok(exe) = std::env::current_exe() else {
+        return (None, Vec::new());
+    };
+    let is_cli = exe
+        .file_stem()
+        .is_some_and(|n| n == std::ffi::OsStr::new("airlock"));
+    if let Some(beside) = exe
+        .parent()
+        .filter(|_| !is_cli)
+        .map(|d| d.join("airlock-sandbox-exec"))
+        .filter(|p| p.is_file())
+    {
+        return (Some(beside), Vec::new());
     }
+    (Some(exe), vec!["sandbox-exec".to_string()])
 }
 
 impl SandboxControl {
