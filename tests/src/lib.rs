@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod oauth;
 pub mod proxy;
 pub mod relay;
 
@@ -756,7 +757,8 @@ impl Agent {
         )
     }
 
-    /// `airlock expose <reference> --yes --json`, then `airlock url <reference> --json`.
+    /// `airlock expose <reference> --yes --json`, then `airlock url <reference> --json`, then a token for the server
+    /// through the OAuth flow ([`oauth::obtain_token`], approved through the control API).
     pub fn expose(&self, reference: &str) -> Exposed {
         let out = self.cli(&["expose", reference, "--yes"]);
         if out.code != Some(0) {
@@ -769,15 +771,14 @@ impl Agent {
             );
         }
         let v = self.cli_json(&["url", reference, "--json"]);
+        let url = v["url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("`airlock url` has no url: {v}"))
+            .to_string();
+        let token = oauth::obtain_token(self, &url).access_token;
         Exposed {
-            url: v["url"]
-                .as_str()
-                .unwrap_or_else(|| panic!("`airlock url` has no url: {v}"))
-                .to_string(),
-            token: v["bearer_token"]
-                .as_str()
-                .unwrap_or_else(|| panic!("`airlock url` has no bearer_token: {v}"))
-                .to_string(),
+            url,
+            token,
             expose_output: format!("{}{}", out.stdout, out.stderr),
             url_json: v,
         }
@@ -819,7 +820,7 @@ impl Drop for Agent {
 pub struct Exposed {
     /// `http://127.0.0.1:PORT/<sub>/mcp`
     pub url: String,
-    /// Gateway bearer token.
+    /// An access token for this server (all scopes), obtained through the OAuth flow.
     pub token: String,
     /// What `airlock expose` printed (stdout followed by stderr).
     pub expose_output: String,
