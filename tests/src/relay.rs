@@ -8,7 +8,7 @@
 //! * `ECHO <text>` → `<text>`
 //! * `HOLD <text>` → nothing until the client sends `GO`, then `<text>` (keeps a request in
 //!   flight, with its plaintext in the agent's memory, for as long as the client wants)
-//! * `BULK <n>` → `n` bytes of data, then the connection closes (throughput)
+//! * `BULK <n>` → `n` bytes of data; the client hangs up once it has them all (throughput)
 //! * `WAIT` → nothing until the client closes (an idle stream)
 
 use std::fs;
@@ -504,6 +504,15 @@ where
                     }
                     left -= k as u64;
                 }
+                let _ = io.get_mut().flush().await;
+                // The client hangs up once it has every byte; close only then (a mux stream
+                // dropped before the peer finished is reset, and the reset could overtake the
+                // tail of the data).
+                let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                    let mut sink = [0u8; 1024];
+                    while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+                })
+                .await;
                 let _ = io.get_mut().shutdown().await;
                 return;
             }

@@ -287,13 +287,15 @@ async fn bulk(f: &Flags) -> Result<(), String> {
             s.flush().await?;
             let mut buf = vec![0u8; 256 * 1024];
             let mut got = 0u64;
-            loop {
+            while got < bytes {
                 let n = s.read(&mut buf).await?;
                 if n == 0 {
                     break;
                 }
                 got += n as u64;
             }
+            // Hang up first (the server closes after us).
+            let _ = s.shutdown().await;
             Ok::<u64, std::io::Error>(got)
         });
     }
