@@ -1,16 +1,15 @@
 //! Ingresses: how connections arrive ([`serve_loopback`], [`serve_connection`]) and who may call
-//! ([`Protection`]: the OAuth [`ResourceServer`], or the transitional static [`Authorizer`]).
+//! ([`Protection`]: the OAuth [`ResourceServer`]).
 
 use std::{sync::Arc, time::Duration};
 
 use axum::body::Body;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
     service::TowerToHyperService,
 };
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -25,16 +24,12 @@ pub enum Protection {
     /// The OAuth 2.1 resource server ([`Gateway::serve_protected`]): metadata, authorization-server endpoints,
     /// per-server tokens, scopes, audit.
     OAuth(ResourceServer),
-    /// Transitional: one static bearer checked by an [`Authorizer`], plain `401 WWW-Authenticate: Bearer`, no
-    /// metadata. Kept until every caller is switched to [`Protection::OAuth`].
-    Static(Arc<dyn Authorizer>),
 }
 
 impl std::fmt::Debug for Protection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Protection::OAuth(_) => f.write_str("Protection::OAuth"),
-            Protection::Static(_) => f.write_str("Protection::Static"),
         }
     }
 }
@@ -42,63 +37,6 @@ impl std::fmt::Debug for Protection {
 impl From<ResourceServer> for Protection {
     fn from(rs: ResourceServer) -> Self {
         Protection::OAuth(rs)
-    }
-}
-
-impl From<Arc<dyn Authorizer>> for Protection {
-    fn from(auth: Arc<dyn Authorizer>) -> Self {
-        Protection::Static(auth)
-    }
-}
-
-/// Why a request was refused by an [`Authorizer`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuthError {
-    #[error("missing bearer token: send `Authorization: Bearer <token>`")]
-    Missing,
-    #[error("invalid bearer token")]
-    Invalid,
-}
-
-/// Transitional static check of who may call (see [`Protection::Static`]); the OAuth resource server replaces it.
-pub trait Authorizer: Send + Sync + 'static {
-    fn authorize(&self, route_id: &str, headers: &HeaderMap) -> Result<(), AuthError>;
-}
-
-/// A static bearer token, compared in constant time.
-pub struct BearerToken(String);
-
-impl std::fmt::Debug for BearerToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BearerToken(<redacted>)")
-    }
-}
-
-impl BearerToken {
-    pub fn new(secret: String) -> Self {
-        Self(secret)
-    }
-}
-
-impl Authorizer for BearerToken {
-    fn authorize(&self, _route_id: &str, headers: &HeaderMap) -> Result<(), AuthError> {
-        let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Err(AuthError::Missing);
-        };
-        let value = value.as_bytes();
-        if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
-            return Err(AuthError::Invalid);
-        }
-        let presented = value[7..].trim_ascii();
-        if self.0.is_empty() {
-            return Err(AuthError::Invalid);
-        }
-        if bool::from(presented.ct_eq(self.0.as_bytes())) {
-            Ok(())
-        } else {
-            Err(AuthError::Invalid)
-        }
     }
 }
 
@@ -184,65 +122,15 @@ impl Loopback {
                 "the gateway is shutting down",
             );
         }
-        match &self.auth {
-            Protection::OAuth(rs) => {
-                let arrival = Arrival {
-                    site: Site::Loopback {
-                        origin: format!("http://{}", host.to_ascii_lowercase()),
-                    },
-                    ingress: IngressKind::Loopback,
-                    peer,
-                };
-                self.gateway.serve_protected(rs, arrival, req).await
-            }
-            Protection::Static(auth) => self.handle_static(auth.as_ref(), req, &path).await,
-        }
-    }
-
-    async fn handle_static(
-        &self,
-        auth: &dyn Authorizer,
-        mut req: Request<Body>,
-        path: &str,
-    ) -> Response<Body> {
-        let trimmed = path.strip_prefix('/').unwrap_or(path);
-        let (slug, rest) = match trimmed.find('/') {
-            Some(i) => (&trimmed[..i], &trimmed[i..]),
-            None => (trimmed, "/"),
+        let Protection::OAuth(rs) = &self.auth;
+        let arrival = Arrival {
+            site: Site::Loopback {
+                origin: format!("http://{}", host.to_ascii_lowercase()),
+            },
+            ingress: IngressKind::Loopback,
+            peer,
         };
-        let route_id = self.gateway.route_id_for_slug(slug);
-        // 3. Authorizer.
-        if let Err(e) = auth.authorize(route_id.as_deref().unwrap_or(""), req.headers()) {
-            let mut r = json_error(StatusCode::UNAUTHORIZED, &e.to_string());
-            let challenge = match e {
-                AuthError::Invalid => "Bearer error=\"invalid_token\"",
-                _ => "Bearer",
-            };
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            );
-            return r;
-        }
-        // 4. Route.
-        let Some(route_id) = route_id else {
-            return json_error(
-                StatusCode::NOT_FOUND,
-                &format!("no MCP server is exposed at /{slug}"),
-            );
-        };
-        req.headers_mut().remove(header::AUTHORIZATION);
-        let rest = match req.uri().query() {
-            Some(q) => format!("{rest}?{q}"),
-            None => rest.to_owned(),
-        };
-        let mut parts = req.uri().clone().into_parts();
-        parts.path_and_query = rest.parse().ok();
-        match http::Uri::from_parts(parts) {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(_) => return json_error(StatusCode::BAD_REQUEST, "invalid request path"),
-        }
-        self.gateway.handle(&route_id, req).await
+        self.gateway.serve_protected(rs, arrival, req).await
     }
 }
 
@@ -252,10 +140,8 @@ impl Loopback {
 /// Origin, when present, must be `http://127.0.0.1:PORT` / `http://localhost:PORT` (else 403);
 /// `GET /healthz` needs no credential. Then, with [`Protection::OAuth`], everything else goes to
 /// [`Gateway::serve_protected`] with [`Site::Loopback`] (origin `http://<Host as sent>`: metadata,
-/// authorization-server paths, `/_airlock/oauth/…`, bearer tokens per server, scopes, audit). With the
-/// transitional [`Protection::Static`], the [`Authorizer`] is asked (401 with `WWW-Authenticate:
-/// Bearer`) and an unknown slug is a 404. Either way the `Authorization` header is removed before the
-/// request reaches the route. When `shutdown` fires, no new connections are accepted and open
+/// authorization-server paths, `/_airlock/oauth/…`, bearer tokens per server, scopes, audit); the
+/// `Authorization` header is removed before the request reaches the route. When `shutdown` fires, no new connections are accepted and open
 /// connections are closed gracefully (bounded by the gateway's `drain_timeout`).
 pub async fn serve_loopback(
     gateway: Gateway,
@@ -335,39 +221,5 @@ pub async fn serve_connection_until<IO>(
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(drain, conn.as_mut()).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(auth: Option<&'static str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        if let Some(a) = auth {
-            h.insert(header::AUTHORIZATION, HeaderValue::from_static(a));
-        }
-        h
-    }
-
-    #[test]
-    fn bearer() {
-        let t = BearerToken::new("s3cret".into());
-        assert_eq!(t.authorize("r", &headers(None)), Err(AuthError::Missing));
-        assert_eq!(
-            t.authorize("r", &headers(Some("Bearer nope"))),
-            Err(AuthError::Invalid)
-        );
-        assert_eq!(
-            t.authorize("r", &headers(Some("Basic s3cret"))),
-            Err(AuthError::Invalid)
-        );
-        assert_eq!(t.authorize("r", &headers(Some("Bearer s3cret"))), Ok(()));
-        assert_eq!(t.authorize("r", &headers(Some("bearer s3cret"))), Ok(()));
-        assert_eq!(
-            t.authorize("r", &headers(Some("Bearer s3cret2"))),
-            Err(AuthError::Invalid)
-        );
-        assert!(!format!("{t:?}").contains("s3cret"));
     }
 }

@@ -15,9 +15,7 @@
 //! - [`auth`]: the OAuth 2.1 resource server every ingress goes through (below).
 //! - [`ingress`]: how connections arrive — the loopback ingress [`serve_loopback`] (`/<slug>/...`
 //!   routing, Host/Origin checks) and [`serve_connection`] for any byte stream — and who may call,
-//!   [`Protection`]: [`Protection::OAuth`] (a [`ResourceServer`]) or the transitional
-//!   [`Protection::Static`] (an [`Authorizer`] such as [`BearerToken`], kept until the agent is
-//!   switched; it serves no metadata).
+//!   [`Protection`]: [`Protection::OAuth`] (a [`ResourceServer`]); there is no other way in.
 //!
 //! [`Gateway`] ties them together: a registry of routes, their health ([`RouteStatus`]), a
 //! per-route HTTP entry point without any checks ([`Gateway::handle`]) and the protected entry
@@ -94,9 +92,7 @@ pub use auth::{
     HostRoutes, IngressKind, McpCall, NoAudit, ResolvedResource, ResourceServer, Scopes, Site,
     TokenRejection,
 };
-pub use ingress::{
-    AuthError, Authorizer, BearerToken, Protection, serve_connection, serve_loopback,
-};
+pub use ingress::{Protection, serve_connection, serve_loopback};
 
 /// What a route forwards to.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use airlock_gateway::{Arrival, AuthError, Gateway, HostRoutes, IngressKind, Protection, Site};
+use airlock_gateway::{Arrival, Gateway, HostRoutes, IngressKind, Protection, Site};
 use axum::body::Body;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -166,7 +166,7 @@ impl Terminator {
 
     async fn route(
         &self,
-        mut req: Request<Body>,
+        req: Request<Body>,
         sni: Option<&str>,
         peer: Option<SocketAddr>,
     ) -> Response<Body> {
@@ -192,35 +192,15 @@ impl Terminator {
                 "TLS server name and Host header do not match",
             );
         }
-        let auth = match &self.auth {
-            Protection::OAuth(rs) => {
-                let arrival = Arrival {
-                    site: Site::Host {
-                        server_id: route_id,
-                        origin: format!("https://{}", host.trim().to_ascii_lowercase()),
-                    },
-                    ingress: self.ingress(),
-                    peer,
-                };
-                return self.gateway.serve_protected(rs, arrival, req).await;
-            }
-            Protection::Static(auth) => auth,
+        let Protection::OAuth(rs) = &self.auth;
+        let arrival = Arrival {
+            site: Site::Host {
+                server_id: route_id,
+                origin: format!("https://{}", host.trim().to_ascii_lowercase()),
+            },
+            ingress: self.ingress(),
+            peer,
         };
-        if let Err(e) = auth.authorize(&route_id, req.headers()) {
-            let mut resp = text(
-                StatusCode::UNAUTHORIZED,
-                match e {
-                    AuthError::Missing => "missing bearer token",
-                    _ => "invalid bearer token",
-                },
-            );
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
-        }
-        // No token passthrough: the caller's credential stops here.
-        req.headers_mut().remove(header::AUTHORIZATION);
-        tracing::debug!(%host, route = %route_id, method = %req.method(), "request started");
-        self.gateway.handle(&route_id, req).await
+        self.gateway.serve_protected(rs, arrival, req).await
     }
 }
