@@ -70,7 +70,7 @@ struct Target {
     ws: SocketAddr,
     /// `time.<domain>`.
     host: String,
-    /// The gateway bearer token (`airlock url time --json` → `bearer_token`).
+    /// An access token for `time`, obtained through the OAuth flow.
     token: String,
     /// `airlock ca export`.
     ca_pem: String,
@@ -115,10 +115,11 @@ fn start_and_expose_time() -> (Agent, Target) {
     agent.wait_server("time", Duration::from_secs(60));
     cli_ok(&agent, &["expose", "time", "--yes", "--hostname", "time"]);
     let url = agent.cli_json(&["url", "time", "--json"]);
-    let token = url["bearer_token"]
+    let local = url["url"]
         .as_str()
-        .unwrap_or_else(|| panic!("`airlock url time --json` has no bearer_token: {url}"))
-        .to_string();
+        .unwrap_or_else(|| panic!("`airlock url time --json` has no url: {url}"));
+    // A token for `time` through the OAuth flow (issued for the server, valid on every ingress).
+    let token = airlock_e2e::oauth::obtain_token(&agent, local).access_token;
     assert_eq!(
         url["tunnel_url"],
         format!("https://time.{DOMAIN}/mcp").as_str(),
@@ -924,7 +925,8 @@ fn short_lived_certificate_is_renewed_in_place() {
     let target = Target {
         ws: listen_addr(&agent),
         host: format!("time.{DOMAIN}"),
-        token: url["bearer_token"].as_str().unwrap_or_default().to_string(),
+        token: airlock_e2e::oauth::obtain_token(&agent, url["url"].as_str().unwrap_or_default())
+            .access_token,
         ca_pem: cli_ok(&agent, &["ca", "export"]).stdout,
     };
     let rt = runtime();

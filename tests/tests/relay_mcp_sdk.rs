@@ -94,7 +94,7 @@ fn sdk_call(url: &str, ca_file: &str, token: &str, message: &str) -> Value {
     })
 }
 
-/// `airlock url everything --json` → (relay URL, CA file, bearer token).
+/// `airlock url everything --json` → (relay URL, CA file, an access token through the OAuth flow).
 fn relay_url(agent: &Agent) -> (String, String, String) {
     let v = agent.cli_json(&["url", "everything", "--json"]);
     let url = v["relay_url"]
@@ -105,7 +105,7 @@ fn relay_url(agent: &Agent) -> (String, String, String) {
         .as_str()
         .unwrap_or_else(|| panic!("no relay_ca_file: {v}"))
         .to_string();
-    let token = v["bearer_token"].as_str().unwrap().to_string();
+    let token = airlock_e2e::oauth::obtain_token(agent, v["url"].as_str().unwrap()).access_token;
     (url, ca, token)
 }
 
