@@ -548,10 +548,10 @@ impl Driver {
                     .post(&format!("/v1/servers/{}/unexpose", encode(&id)), &json!({}))
                     .await,
             ),
-            Intent::SetSandbox(on) => {
-                let path = format!("{SANDBOX_PATH}/{}", if on { "on" } else { "off" });
-                (format!("POST {path}"), client.post(&path, &json!({})).await)
-            }
+            Intent::SetSandbox(on) => (
+                format!("POST {SANDBOX_PATH} enabled={on}"),
+                client.post(SANDBOX_PATH, &json!({ "enabled": on })).await,
+            ),
         };
         if let Err(e) = result {
             tracing::warn!("{what}: {e}");

@@ -19,7 +19,7 @@ pub const APPROVALS_PATH: &str = "/v1/approvals";
 /// The OAuth server's own event stream (approvals raised and decided), where
 /// the agent serves it next to `/v1/events`.
 pub const OAUTH_EVENTS_PATH: &str = "/v1/oauth/events";
-/// Path of the sandbox state; `POST {SANDBOX_PATH}/on|off` switches it.
+/// Path of the sandbox state; `POST {SANDBOX_PATH}` with `{"enabled": bool}` switches it.
 pub const SANDBOX_PATH: &str = "/v1/sandbox";
 
 /// The agent's documents, as fetched. `None` for an endpoint the agent does
