@@ -77,7 +77,8 @@ done
 "$AIRLOCK" expose everything --yes >/dev/null
 URL_JSON="$("$AIRLOCK" url everything --json)"
 AL_URL="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])' <<<"$URL_JSON")"
-AL_TOKEN="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["bearer_token"])' <<<"$URL_JSON")"
+# A token for this one server (the load generator is a caller without a browser).
+AL_TOKEN="$("$AIRLOCK" token create everything --label "bench/bridge.sh" 2>/dev/null)"
 
 # --- supergateway --stateful ----------------------------------------------------------
 SG_PORT="$(free_port)"

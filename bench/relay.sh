@@ -125,7 +125,8 @@ URLJ="$(env "${agent_env[@]}" "$AIRLOCK" url everything --json | python3 -c 'imp
 STATUSJ="$(env "${agent_env[@]}" "$AIRLOCK" status --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))')"
 RELAY_URL="$(echo "$URLJ" | json_field relay_url)"
 RELAY_CA="$(echo "$URLJ" | json_field relay_ca_file)"
-BEARER="$(echo "$URLJ" | json_field bearer_token)"
+# A token for this one server (the load generators are callers without a browser); valid on every ingress.
+BEARER="$(env "${agent_env[@]}" "$AIRLOCK" token create everything --label "bench/relay.sh" 2>/dev/null)"
 WS="$(echo "$STATUSJ" | json_field anthropic.listen_addr)"
 cp "$TMP/airlock/pki/$ADOM/ca.pem" "$TMP/direct-ca.pem"
 HOSTNAME_SUB="$(echo "$RELAY_URL" | sed -E 's#https://([^.]+)\..*#\1#')"

@@ -87,7 +87,8 @@ done
 "$AIRLOCK" expose everything --yes --hostname everything >/dev/null
 URL_JSON="$("$AIRLOCK" url everything --json)"
 GW_URL="$(json_field url <<<"$URL_JSON")"
-TOKEN="$(json_field bearer_token <<<"$URL_JSON")"
+# A token for this one server (the load generator stands for a caller without a browser).
+TOKEN="$("$AIRLOCK" token create everything --label "bench/tunnel.sh" 2>/dev/null)"
 TUNNEL_URL="$(json_field tunnel_url <<<"$URL_JSON")"
 WS_ADDR="$("$AIRLOCK" status --json | json_field anthropic.listen_addr)"
 "$AIRLOCK" ca export >"$TMP/ca.pem"

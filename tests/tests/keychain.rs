@@ -1,7 +1,7 @@
 //! Where the agent keeps its private keys and tokens, with the real `airlock up`.
 //!
 //! * `--keystore keychain` under a real Secret Service (a private D-Bus session with an unlocked
-//!   gnome-keyring): the CA key, the server key and the gateway token are keychain entries under
+//!   gnome-keyring): the CA key and the server key are keychain entries under
 //!   the service `airlock:<first 16 hex of sha256(absolute AIRLOCK_HOME)>`, and no file under
 //!   `AIRLOCK_HOME` holds a private key. Runs only with `AIRLOCK_TEST_KEYCHAIN=1` (then a missing
 //!   Secret Service is a failure):
@@ -52,7 +52,8 @@ fn home() -> TestHome {
     home
 }
 
-/// Starts the agent with `--keystore <backend>`, exposes `time` and returns its bearer token.
+/// Starts the agent with `--keystore <backend>`, exposes `time` and returns an access token for it (obtained
+/// through the OAuth flow; the authorization server keeps only its hash).
 fn start(backend: &str) -> (Agent, String) {
     let agent = Agent::start_with_args(home(), &["--keystore", backend]);
     let status = agent.cli_json(&["status", "--json"]);
@@ -77,10 +78,10 @@ fn start(backend: &str) -> (Agent, String) {
         agent.stderr_log()
     );
     let url = agent.cli_json(&["--keystore", backend, "url", "time", "--json"]);
-    let token = url["bearer_token"]
+    let local = url["url"]
         .as_str()
-        .unwrap_or_else(|| panic!("`airlock url --json` has no bearer_token: {url}"))
-        .to_string();
+        .unwrap_or_else(|| panic!("`airlock url --json` has no url: {url}"));
+    let token = airlock_e2e::oauth::obtain_token(&agent, local).access_token;
     (agent, token)
 }
 
@@ -175,7 +176,7 @@ fn keychain_backend_keeps_every_private_key_out_of_airlock_home() {
         );
         assert!(
             !contains(&bytes, token.as_bytes()),
-            "{} holds the gateway token although the keystore is the keychain",
+            "{} holds an access token in plaintext",
             f.display()
         );
     }
@@ -193,21 +194,20 @@ fn keychain_backend_keeps_every_private_key_out_of_airlock_home() {
         );
     }
 
-    // The keychain lists the CA key, the server key and the gateway token under this home's service.
+    // The keychain lists the CA key and the server key under this home's service (no shared gateway token).
     let found = secret_tool(&["search", "--all", "service", &service]);
     let listing = format!("{}\n{}", found.stdout, found.stderr);
-    for name in [
-        format!("ca-key.{DOMAIN}"),
-        format!("server-key.{DOMAIN}"),
-        "gateway-token".to_string(),
-    ] {
+    for name in [format!("ca-key.{DOMAIN}"), format!("server-key.{DOMAIN}")] {
         assert!(
             listing.contains(&format!("attribute.username = {name}")),
             "`secret-tool search --all service {service}` must list {name}:\n{listing}"
         );
     }
-    // The entries are the real ones: the CA key belongs to the CA certificate, the token is the
-    // gateway's.
+    assert!(
+        !listing.contains("attribute.username = gateway-token"),
+        "no shared gateway token may exist:\n{listing}"
+    );
+    // The entries are the real ones: the CA key belongs to the CA certificate.
     let ca_key = secret_tool(&[
         "lookup",
         "service",
@@ -222,13 +222,6 @@ fn keychain_backend_keeps_every_private_key_out_of_airlock_home() {
     );
     airlock_pki::CertificateAuthority::from_parts(&ca_pem, &ca_key.stdout)
         .unwrap_or_else(|e| panic!("the keychain's CA key does not belong to ca.pem: {e}"));
-    let gw = secret_tool(&["lookup", "service", &service, "username", "gateway-token"]);
-    assert_eq!(
-        gw.stdout.trim(),
-        token,
-        "the keychain's gateway token is the one `airlock url` shows"
-    );
-
     drop(agent);
     // Leave the session keyring as we found it.
     let _ = secret_tool(&["clear", "service", &service]);
@@ -243,8 +236,11 @@ fn file_backend_keeps_keys_in_0600_files_and_warns() {
 
     let ca_key = secrets.join(format!("ca-key.{DOMAIN}"));
     let server_key = secrets.join(format!("server-key.{DOMAIN}"));
-    let gateway = secrets.join("gateway-token");
-    for f in [&ca_key, &server_key, &gateway] {
+    assert!(
+        !secrets.join("gateway-token").exists(),
+        "no shared gateway token may exist"
+    );
+    for f in [&ca_key, &server_key] {
         assert!(
             f.is_file(),
             "{} must exist: {:?}",
@@ -267,13 +263,6 @@ fn file_backend_keeps_keys_in_0600_files_and_warns() {
         "{} holds a PEM key",
         server_key.display()
     );
-    assert_eq!(
-        std::fs::read_to_string(&gateway)
-            .expect("read the gateway token file")
-            .trim(),
-        token,
-        "secrets/gateway-token is the token `airlock url` shows"
-    );
     // Private keys live in secrets/ only.
     for f in files_under(&airlock_home) {
         if f.starts_with(&secrets) {
@@ -283,6 +272,11 @@ fn file_backend_keeps_keys_in_0600_files_and_warns() {
         assert!(
             !contains(&bytes, b"PRIVATE KEY"),
             "{} holds a private key outside secrets/",
+            f.display()
+        );
+        assert!(
+            !contains(&bytes, token.as_bytes()),
+            "{} holds an access token in plaintext",
             f.display()
         );
     }

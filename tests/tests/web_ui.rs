@@ -209,22 +209,24 @@ fn browser_logs_in_exposes_copies_and_never_runs_server_names() {
 
     let time = agent.cli_json(&["url", "time", "--json"]);
     let local = time["url"].as_str().unwrap_or_default();
-    let token = time["bearer_token"].as_str().unwrap_or_default();
     let hostname = time["hostname"].as_str().unwrap_or_default();
-    assert!(!local.is_empty() && !token.is_empty(), "{time}");
+    assert!(!local.is_empty(), "{time}");
     assert_eq!(summary["exposed"], local, "{summary}");
     assert_eq!(summary["clipboard"]["url"], local, "{summary}");
     assert_eq!(
         summary["clipboard"]["claude"],
-        format!(
-            "claude mcp add --transport http {hostname} {local} --header \"Authorization: Bearer {token}\""
-        )
-        .as_str(),
+        format!("claude mcp add --transport http {hostname} {local}").as_str(),
         "{summary}"
     );
     let snippet: Value =
         serde_json::from_str(summary["clipboard"]["snippet"].as_str().unwrap_or(""))
             .unwrap_or_else(|e| panic!("copied snippet is not JSON ({e}): {summary}"));
+    // The snippet carries a token minted for `time` when it was copied; it works on the server.
+    let token = snippet["mcp_servers"][0]["authorization_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(token_status(local, &token), 200, "{summary}");
     assert_eq!(
         snippet,
         json!({
@@ -336,8 +338,36 @@ fn tunnel_view_shows_the_ca_and_tunnel_urls_the_cli_reports() {
         snippet["mcp_servers"][0]["url"], time["tunnel_url"],
         "{snippet}"
     );
+    let token = snippet["mcp_servers"][0]["authorization_token"]
+        .as_str()
+        .unwrap_or_default();
     assert_eq!(
-        snippet["mcp_servers"][0]["authorization_token"], time["bearer_token"],
-        "{snippet}"
+        token_status(time["url"].as_str().unwrap_or_default(), token),
+        200,
+        "the snippet's minted token must work: {snippet}"
     );
+}
+
+/// Status of an MCP `initialize` with `token` on the server's loopback URL.
+fn token_status(url: &str, token: &str) -> u16 {
+    let (addr, path) = airlock_e2e::split_url(url);
+    let host = addr.to_string();
+    let bearer = format!("Bearer {token}");
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "web-ui-test", "version": "0"}}})
+    .to_string();
+    airlock_e2e::raw_http(
+        addr,
+        "POST",
+        &path,
+        &[
+            ("Host", host.as_str()),
+            ("Authorization", bearer.as_str()),
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ],
+        Some(&body),
+    )
+    .status
 }

@@ -1,13 +1,15 @@
-// Hostnames: how to reach each exposed server, with ready-to-paste lines. The bearer token is
-// fetched only when the user asks for it (Show or one of the Copy buttons that need it).
+// Hostnames: how to reach each exposed server, with ready-to-paste lines. There is no shared token:
+// MCP clients get one through OAuth (approved here, at the device); the Messages API snippet carries a
+// token minted for that one server when the user asks for it (shown once).
 
 import { h, on } from "../dom.js";
 import { code, copyButton, emptyState, healthBadge, row, viewHeader } from "./common.js";
 
-const HIDDEN = "••••••••";
+const NO_TOKEN = "<mint a token for this snippet>";
 
-export function claudeCommand(name, url, token) {
-  return `claude mcp add --transport http ${name} ${url} --header "Authorization: Bearer ${token}"`;
+// Claude Code signs in with OAuth on its own: the approval shows up here and in the tray.
+export function claudeCommand(name, url) {
+  return `claude mcp add --transport http ${name} ${url}`;
 }
 
 export function messagesSnippet(name, url, token) {
@@ -23,20 +25,19 @@ export function messagesSnippet(name, url, token) {
 
 function card(server, state, actions) {
   const id = server.id;
-  const info = state.tokens.get(id);
-  const shown = state.revealed.has(id) && info;
   const name = String(server.hostname || server.name);
   const localUrl = String(server.url || "");
   const publicUrl = server.tunnel_url ? String(server.tunnel_url) : null;
-  const token = () => actions.token(id).then((i) => String(i.bearer_token));
-  const tokenText = shown ? String(info.bearer_token) : HIDDEN;
-
-  const toggle = h("button", { type: "button", class: "btn btn-small", "aria-pressed": shown ? "true" : "false", dataset: { focusKey: `show-${id}` } }, shown ? "Hide" : "Show");
-  on(toggle, "click", () => actions.reveal(id, !shown));
-
   const snippetUrl = publicUrl || localUrl;
   const minted = state.minted.get(id);
-  const snippetToken = minted ? String(minted.token) : tokenText;
+  const snippetToken = minted ? String(minted.token) : NO_TOKEN;
+  // Copying the snippet mints a token first when none was minted yet (the snippet is useless without one).
+  const snippetForCopy = async () => {
+    if (!state.minted.get(id)) await actions.mintForSnippet(id);
+    const m = state.minted.get(id);
+    if (!m) throw new Error("no token could be minted");
+    return messagesSnippet(name, snippetUrl, String(m.token));
+  };
   const mintBtn = h(
     "button",
     { type: "button", class: "btn btn-small", dataset: { focusKey: `mint-${id}` }, "aria-label": `Mint a token for the Messages API snippet of ${server.name}` },
@@ -59,11 +60,11 @@ function card(server, state, actions) {
       publicUrl
         ? row("Tunnel URL", code(publicUrl, "url tunnel-url"), copyButton("Copy", () => publicUrl, { ariaLabel: `Copy the tunnel URL of ${server.name}` }))
         : null,
-      row("Bearer token", code(tokenText, "token"), toggle, copyButton("Copy", token, { ariaLabel: `Copy the bearer token of ${server.name}` })),
     ),
     h("h3", null, "Claude Code"),
-    h("pre", { class: "snippet claude-command" }, claudeCommand(name, localUrl, tokenText)),
-    copyButton("Copy command", async () => claudeCommand(name, localUrl, await token()), { ariaLabel: `Copy the claude mcp add command for ${server.name}` }),
+    h("pre", { class: "snippet claude-command" }, claudeCommand(name, localUrl)),
+    copyButton("Copy command", async () => claudeCommand(name, localUrl), { ariaLabel: `Copy the claude mcp add command for ${server.name}` }),
+    h("p", { class: "muted" }, "Claude Code signs in with OAuth: approve its request under Approvals (or in your browser)."),
     h("h3", null, "Messages API (MCP connector)"),
     publicUrl
       ? null
@@ -72,12 +73,12 @@ function card(server, state, actions) {
     h(
       "div",
       { class: "decide" },
-      copyButton("Copy snippet", async () => messagesSnippet(name, snippetUrl, minted ? String(minted.token) : await token()), { ariaLabel: `Copy the Messages API snippet for ${server.name}` }),
+      copyButton("Copy snippet", snippetForCopy, { ariaLabel: `Copy the Messages API snippet for ${server.name}` }),
       mintBtn,
     ),
     minted
       ? h("p", { class: "note", role: "status" }, "This snippet carries a token minted for this server only (30 days; revoke it under Clients). It is shown once: copy it now.")
-      : h("p", { class: "muted" }, "The snippet uses the gateway token until you mint a token for this server alone."),
+      : h("p", { class: "muted" }, "The Messages API cannot sign in itself: mint a token for this server alone (Copy snippet mints one too)."),
     state.errors.get(id) ? h("p", { class: "server-error", role: "alert" }, state.errors.get(id)) : null,
   );
 }

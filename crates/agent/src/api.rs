@@ -368,7 +368,6 @@ async fn url(State(api): State<Api>, Path(reference): Path<String>) -> Result<Re
         "local_url": view.local_url,
         "relay_ca_file": relay_ca,
         "urls": urls,
-        "bearer_token": state.gateway_token,
     }))
     .into_response())
 }

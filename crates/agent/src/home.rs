@@ -82,26 +82,6 @@ impl AirlockHome {
     }
 }
 
-/// The loopback gateway's bearer secret, created on first use and kept in the keystore.
-pub async fn gateway_token(keystore: &airlock_keystore::Keystore) -> Result<String, AgentError> {
-    const NAME: &str = "gateway-token";
-    let fail = |e: airlock_keystore::KeystoreError| {
-        AgentError::Invalid(format!("gateway token in the keystore: {e}"))
-    };
-    if let Some(secret) = keystore.get(NAME).await.map_err(fail)?
-        && let Ok(text) = secret.expose_str()
-        && text.trim().len() >= 32
-    {
-        return Ok(text.trim().to_string());
-    }
-    let token = random_token();
-    keystore
-        .set(NAME, &airlock_keystore::Secret::from(token.as_str()))
-        .await
-        .map_err(fail)?;
-    Ok(token)
-}
-
 /// 256 bits from the OS CSPRNG, hex-encoded.
 pub fn random_token() -> String {
     let bytes: [u8; 32] = rand::random();

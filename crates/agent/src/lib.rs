@@ -69,7 +69,10 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
     let keystore =
         home::open_keystore(&home, config.keystore.backend.as_deref(), opts.keystore).await?;
     tracing::info!(backend = %keystore.backend(), "keystore opened");
-    let gateway_token = home::gateway_token(&keystore).await?;
+    // Homes from before OAuth kept a shared gateway token in the keystore; it grants nothing any more.
+    if let Err(e) = keystore.delete("gateway-token").await {
+        tracing::warn!(error = %e, "could not remove the old gateway token from the keystore");
+    }
 
     // The gateway port is chosen once and kept, so URLs handed to clients survive restarts.
     let wanted_port = opts.gateway_port.or(config.gateway.port).unwrap_or(0);
@@ -144,7 +147,6 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
         config,
         gateway.clone(),
         gateway_port,
-        gateway_token.clone(),
         snapshot_rx.clone(),
     ));
     let _ = state.api_port.set(api_port);
@@ -156,15 +158,10 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
 
     // Gateway ingress on loopback.
     let ingress_stop = CancellationToken::new();
-    // OAuth 2.1 (resource server + authorization server) on every ingress: loopback, Anthropic tunnel, relay. The
-    // gateway token stays accepted by the OAuth verifier for now.
-    let (oauth_server, resource_server) = oauth::open(
-        home.root().join("oauth.sqlite"),
-        &gateway,
-        gateway_port,
-        Some(gateway_token),
-    )
-    .await?;
+    // OAuth 2.1 (resource server + authorization server) on every ingress: loopback, Anthropic tunnel, relay. No
+    // other credential is accepted.
+    let (oauth_server, resource_server) =
+        oauth::open(home.root().join("oauth.sqlite"), &gateway, gateway_port).await?;
     let _ = state.oauth.set(oauth_server.clone());
     let ingress = tokio::spawn(airlock_gateway::serve_loopback(
         gateway.clone(),

@@ -5,9 +5,8 @@
 //! The database is `AIRLOCK_HOME/oauth.sqlite` (0600); the authorization endpoint is the loopback gateway's
 //! `/_airlock/oauth/authorize` (the person at the device approves there, in the UI or with `airlock approve`).
 //!
-//! Transitional: the gateway token `airlock url` prints is still accepted for every server (full access), so
-//! callers that predate OAuth keep working; it is audited as client `gateway-token`. It goes away once they all get
-//! tokens through OAuth or `airlock token create`.
+//! There is no other credential: every caller holds a token the authorization server issued for one server
+//! (through the OAuth flow, approved at the device, or minted with `airlock token create`).
 
 use std::sync::Arc;
 
@@ -26,8 +25,6 @@ use crate::AgentError;
 #[derive(Clone)]
 pub struct OAuthGlue {
     pub server: oauth::AuthServer,
-    /// The transitional gateway token (see the module docs).
-    legacy_token: Option<String>,
 }
 
 impl std::fmt::Debug for OAuthGlue {
@@ -36,28 +33,8 @@ impl std::fmt::Debug for OAuthGlue {
     }
 }
 
-/// Client id under which calls with the transitional gateway token are audited.
-pub const LEGACY_CLIENT: &str = "gateway-token";
-
 impl AccessVerifier for OAuthGlue {
     fn verify(&self, server_id: &str, bearer_token: &str) -> Result<Access, TokenRejection> {
-        if let Some(legacy) = &self.legacy_token
-            && bool::from(subtle::ConstantTimeEq::ct_eq(
-                legacy.as_bytes(),
-                bearer_token.as_bytes(),
-            ))
-        {
-            return Ok(Access {
-                grant_id: LEGACY_CLIENT.into(),
-                client_id: LEGACY_CLIENT.into(),
-                client_name: "gateway token (airlock url)".into(),
-                scopes: Scopes {
-                    read: true,
-                    call: true,
-                },
-                tools: None,
-            });
-        }
         self.server
             .verify(server_id, bearer_token)
             .map(|a| Access {
@@ -153,12 +130,11 @@ impl oauth::ResourceResolver for Resources {
     }
 }
 
-/// Opens the authorization server for this home and gateway. `legacy_token`: the transitional gateway token.
+/// Opens the authorization server for this home and gateway.
 pub async fn open(
     db_path: std::path::PathBuf,
     gateway: &Gateway,
     gateway_port: u16,
-    legacy_token: Option<String>,
 ) -> Result<(oauth::AuthServer, ResourceServer), AgentError> {
     let config = oauth::Config::new(
         db_path,
@@ -172,7 +148,6 @@ pub async fn open(
     .map_err(|e| AgentError::Invalid(e.to_string()))?;
     let glue = Arc::new(OAuthGlue {
         server: server.clone(),
-        legacy_token,
     });
     let rs = ResourceServer::new(glue.clone(), glue.clone(), glue);
     Ok((server, rs))

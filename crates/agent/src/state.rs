@@ -88,7 +88,6 @@ pub struct AgentState {
     pub keystore: Arc<airlock_keystore::Keystore>,
     pub gateway: Gateway,
     pub gateway_port: u16,
-    pub gateway_token: String,
     pub api_port: std::sync::OnceLock<u16>,
     /// The OAuth authorization server (approvals, clients, tokens, audit), once opened.
     pub oauth: std::sync::OnceLock<airlock_oauth::AuthServer>,
@@ -116,7 +115,6 @@ impl AgentState {
         config: Config,
         gateway: Gateway,
         gateway_port: u16,
-        gateway_token: String,
         discovered: watch::Receiver<Arc<Snapshot>>,
     ) -> Self {
         let (events, _) = broadcast::channel(256);
@@ -125,7 +123,6 @@ impl AgentState {
             keystore,
             gateway,
             gateway_port,
-            gateway_token,
             api_port: std::sync::OnceLock::new(),
             oauth: std::sync::OnceLock::new(),
             config: RwLock::new(config),

@@ -619,7 +619,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     }
                     _ => say!("{}", str_of(&info, "url")),
                 }
-                say!("Authorization: Bearer {}", str_of(&info, "bearer_token"));
+                say!(
+                    "auth      OAuth: clients sign in and you approve (`airlock approvals`); for a caller without a browser: `airlock token create {server}`"
+                );
             }
             Ok(())
         }
