@@ -708,7 +708,9 @@ fn materialise(g: &mut Inner, shared: &Arc<Shared>) {
 /// One multiplexed stream: `AsyncRead + AsyncWrite`.
 ///
 /// `shutdown` sends FIN (half close); dropping the stream before both directions finished
-/// resets it (`RESET{CANCEL}`). When the connection dies every pending and future operation
+/// resets it (`RESET{CANCEL}`). As with TCP, a reset after `shutdown` does not take back what
+/// was sent: the peer still reads every byte up to the FIN, then end-of-stream (the reset only
+/// tells it we read no more). When the connection dies every pending and future operation
 /// fails with an I/O error.
 pub struct MuxStream {
     shared: Arc<Shared>,
@@ -763,7 +765,11 @@ impl AsyncRead for MuxStream {
         if slot.eof {
             return Poll::Ready(Ok(()));
         }
-        if let Some(code) = slot.reset {
+        // A reset that followed the peer's FIN leaves the stream in the protocol until we
+        // have read what the peer sent: only a stream that is gone reads as reset.
+        if let Some(code) = slot.reset
+            && g.conn.recv_buffered(this.id).is_none()
+        {
             return Poll::Ready(Err(reset_err(code)));
         }
         if buf.remaining() == 0 {
@@ -858,7 +864,14 @@ impl AsyncWrite for MuxStream {
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let mut g = this.shared.lock();
-        if let Some(code) = g.slots.get(&this.id).and_then(|s| s.reset) {
+        if let Some(slot) = g.slots.get(&this.id)
+            && let Some(code) = slot.reset
+        {
+            // The peer finished before it reset (it only reads no more): there is nothing
+            // left to tell it, and a copy loop must not fail while the tail is delivered.
+            if slot.eof || g.conn.recv_buffered(this.id).is_some() {
+                return Poll::Ready(Ok(()));
+            }
             return Poll::Ready(Err(reset_err(code)));
         }
         if let Some(e) = &g.dead {

@@ -343,3 +343,67 @@ async fn dropping_a_stream_resets_it() {
     assert!(r.is_err(), "read after peer drop must fail, got {r:?}");
     assert_eq!(relay.stream_count(), 0);
 }
+
+/// Reads to end of stream; the read must not fail.
+async fn read_to_eof(stream: &mut airlock_mux::MuxStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(T, stream.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_then_drop_delivers_every_byte_then_eof() {
+    let (_agent, relay, mut incoming) = pair().await;
+
+    // 1. The whole response sits in the reader's receive buffer when the writer's RESET
+    //    arrives (N = the relay's 16 KiB window, nothing read yet).
+    let mut reader = relay.open_stream("a.t1.relay.test", addr()).unwrap();
+    let mut writer = incoming.recv().await.unwrap().stream;
+    let body = pattern(1, 16 * 1024);
+    tokio::time::timeout(T, writer.write_all(&body))
+        .await
+        .unwrap()
+        .unwrap();
+    writer.shutdown().await.unwrap();
+    drop(writer);
+    // Frames arrive in order: once a later stream's data is here, so is the RESET.
+    let mut probe = relay.open_stream("b.t1.relay.test", addr()).unwrap();
+    let mut probe_peer = incoming.recv().await.unwrap().stream;
+    probe_peer.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    tokio::time::timeout(T, probe.read_exact(&mut one))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read_to_eof(&mut reader).await, body);
+    // The peer reads no more: writing fails, shutting down does not.
+    assert!(reader.write_all(b"late").await.is_err());
+    reader.shutdown().await.unwrap();
+    drop(reader);
+
+    // 2. A bulk transfer many windows long, read while it is written.
+    let mut reader = relay.open_stream("c.t1.relay.test", addr()).unwrap();
+    let mut writer = incoming.recv().await.unwrap().stream;
+    let body = pattern(2, 1024 * 1024 + 17);
+    let expect = body.clone();
+    let w = tokio::spawn(async move {
+        writer.write_all(&body).await.unwrap();
+        writer.shutdown().await.unwrap();
+    });
+    let got = read_to_eof(&mut reader).await;
+    assert_eq!(got.len(), expect.len());
+    assert!(got == expect, "bulk transfer corrupted");
+    tokio::time::timeout(T, w).await.unwrap().unwrap();
+    drop(reader);
+    drop((probe, probe_peer));
+    tokio::time::timeout(T, async {
+        while relay.stream_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -156,7 +156,10 @@ pub enum Event {
     StreamWritable { stream: StreamId },
     /// The peer half-closed the stream; `recv` returns the rest, then `Ok(0)`.
     StreamFinished { stream: StreamId },
-    /// The stream was reset by the peer (or refused by its GOAWAY); it is gone.
+    /// The stream was reset by the peer (or refused by its GOAWAY); it is gone. Exception: a
+    /// RESET that arrives after the peer's FIN only means the peer reads no more (it closed
+    /// after shutting down its sending side): the stream stays until `recv` has returned the
+    /// data the peer sent and then `Ok(0)`; `send` fails with [`UsageError::StreamReset`].
     StreamReset { stream: StreamId, code: u32 },
     /// The peer is draining: no new streams; in-flight ones may finish.
     GoAwayReceived {
@@ -188,6 +191,9 @@ struct Stream {
     eof_seen: bool,
     /// A `StreamReadable` event is pending since the last `recv`.
     readable_notified: bool,
+    /// The peer reset the stream after its FIN (code): it reads no more, but what it sent
+    /// before the FIN stays readable.
+    peer_reset: Option<u32>,
 }
 
 /// One end of an agent↔relay connection.
@@ -507,6 +513,7 @@ impl Connection {
             recv_fin: false,
             eof_seen: false,
             readable_notified: false,
+            peer_reset: None,
         }
     }
 
@@ -520,6 +527,9 @@ impl Connection {
             .streams
             .get_mut(&stream)
             .ok_or(UsageError::UnknownStream(stream))?;
+        if let Some(code) = s.peer_reset {
+            return Err(UsageError::StreamReset { stream, code });
+        }
         if s.send_fin {
             return Err(UsageError::SendAfterFinish(stream));
         }
@@ -574,7 +584,8 @@ impl Connection {
             .streams
             .get_mut(&stream)
             .ok_or(UsageError::UnknownStream(stream))?;
-        if s.send_fin {
+        if s.send_fin || s.peer_reset.is_some() {
+            // Already finished, or the peer reads no more: nothing to tell it.
             return Ok(());
         }
         s.send_fin = true;
@@ -584,14 +595,18 @@ impl Connection {
         Ok(())
     }
 
-    /// Abruptly closes a stream in both directions (see [`frame::code`]).
+    /// Abruptly closes a stream in both directions (see [`frame::code`]). Data we already
+    /// sent and finished with FIN stays readable for the peer (see [`Event::StreamReset`]).
     pub fn reset(&mut self, stream: StreamId, code: u32) -> Result<(), UsageError> {
         self.check_established()?;
-        if self.streams.remove(&stream).is_none() {
+        let Some(s) = self.streams.remove(&stream) else {
             return Err(UsageError::UnknownStream(stream));
-        }
+        };
         self.blocked.remove(&stream);
-        self.push_frame(&Frame::Reset { stream, code });
+        // A stream the peer already reset (after its FIN) is gone on its side: no frame.
+        if s.peer_reset.is_none() {
+            self.push_frame(&Frame::Reset { stream, code });
+        }
         self.check_drained();
         Ok(())
     }
@@ -759,7 +774,27 @@ impl Connection {
                 Ok(())
             }
             Frame::Reset { stream, code } => {
-                if self.live_stream(stream, "RESET")?.is_none() {
+                let Some(s) = self.live_stream(stream, "RESET")? else {
+                    return Ok(());
+                };
+                if s.peer_reset.is_some() {
+                    // A second RESET changes nothing.
+                    return Ok(());
+                }
+                // A RESET after the peer's FIN is the normal end of a connection that was
+                // shut down for writing and then closed (HTTP/1.1 `Connection: close`): the
+                // peer will read no more, but everything it sent up to its FIN is ours, as
+                // with TCP's shutdown(WR) + close. Frames arrive in order, so that data is all
+                // in `recv_buf` already; dropping it would cut the tail off the response.
+                // Keep the stream (bounded by our receive window, released when the
+                // application reads end-of-stream or drops it) and only refuse further sends.
+                // Fixing it here rather than making the closing side linger needs no timer,
+                // holds nothing for a peer that never finishes, and works whatever the
+                // closing side does.
+                if s.recv_fin && !s.eof_seen {
+                    s.peer_reset = Some(code);
+                    self.blocked.remove(&stream);
+                    self.events.push_back(Event::StreamReset { stream, code });
                     return Ok(());
                 }
                 self.streams.remove(&stream);
@@ -1005,7 +1040,7 @@ impl Connection {
 
     fn maybe_remove(&mut self, id: StreamId) {
         if let Some(s) = self.streams.get(&id)
-            && s.send_fin
+            && (s.send_fin || s.peer_reset.is_some())
             && s.recv_fin
             && s.eof_seen
         {

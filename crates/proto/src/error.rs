@@ -119,6 +119,8 @@ pub enum UsageError {
     UnknownStream(StreamId),
     #[error("stream {0} was already finished (half-closed) by us; no more data can be sent")]
     SendAfterFinish(StreamId),
+    #[error("stream {stream} was reset by the peer (code {code}); it reads no more data")]
+    StreamReset { stream: StreamId, code: u32 },
     #[error("stream {0} has no data buffered yet; wait for StreamReadable")]
     WouldBlock(StreamId),
     #[error("the connection is closed")]

@@ -997,3 +997,62 @@ fn random_op_sequences_preserve_stream_data() {
         "only {verified_bytes} bytes verified"
     );
 }
+
+#[test]
+fn reset_after_fin_keeps_the_data_sent_before_the_fin() {
+    let mut p = Pair::established(small(4096), small(4096));
+    let a = p.open("a.example");
+    // The agent answers, shuts down its sending side and closes (FIN, then RESET): the
+    // normal end of an HTTP/1.1 `Connection: close` response.
+    let body: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(p.agent.send(a, &body).unwrap(), body.len());
+    p.agent.finish(a).unwrap();
+    p.agent.reset(a, code::CANCEL).unwrap();
+    assert_eq!(p.agent.stream_count(), 0);
+    p.pump();
+    assert!(p.agent_errors.is_empty() && p.relay_errors.is_empty());
+    assert!(
+        p.relay_events
+            .contains(&Event::StreamFinished { stream: a })
+    );
+    assert!(p.relay_events.contains(&Event::StreamReset {
+        stream: a,
+        code: code::CANCEL
+    }));
+    // The peer reads no more: sending is refused, finishing is a no-op.
+    assert_eq!(
+        p.relay.send(a, b"late"),
+        Err(UsageError::StreamReset {
+            stream: a,
+            code: code::CANCEL
+        })
+    );
+    p.relay.finish(a).unwrap();
+    // Every byte up to the FIN is still readable, then end of stream; then it is released.
+    assert_eq!(recv_all(&mut p.relay, a), (body, true));
+    assert_eq!(p.relay.stream_count(), 0);
+    p.pump();
+    assert!(p.agent_errors.is_empty() && p.relay_errors.is_empty());
+
+    // Dropping such a stream unread releases it without a frame (the peer forgot it).
+    let b = p.open("b.example");
+    p.agent.send(b, b"unread").unwrap();
+    p.agent.finish(b).unwrap();
+    p.agent.reset(b, code::CANCEL).unwrap();
+    p.pump();
+    assert_eq!(p.relay.recv_buffered(b), Some(6));
+    p.relay.reset(b, code::CANCEL).unwrap();
+    assert_eq!(p.relay.pending_output(), 0);
+    assert_eq!(p.relay.stream_count(), 0);
+
+    // A RESET without a FIN still discards the stream at once.
+    let c = p.open("c.example");
+    p.agent.send(c, b"cut").unwrap();
+    p.agent.reset(c, code::CANCEL).unwrap();
+    p.pump();
+    assert_eq!(p.relay.stream_count(), 0);
+    assert_eq!(
+        p.relay.recv(c, &mut [0; 8]),
+        Err(UsageError::UnknownStream(c))
+    );
+}
