@@ -245,6 +245,46 @@ impl Https {
         send.send_request(req).await.unwrap().status()
     }
 
+    /// One request on a fresh connection (this client's Host, no token): status, headers, body.
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (http::StatusCode, http::HeaderMap, String) {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(self.name.clone(), tcp)
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))
+            .unwrap();
+        let resp = tokio::time::timeout(BIG, send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    }
+
     /// initialize → initialized → tools/call echo; asserts the echo.
     async fn mcp_round_trip(&mut self, marker: &str) {
         let init = self
@@ -291,6 +331,26 @@ async fn mint_token(client: &ControlClient, view: &Value) -> String {
         .await
         .unwrap();
     minted["token"].as_str().unwrap().to_string()
+}
+
+/// `GET path` on the loopback gateway (plain HTTP/1.1, `Connection: close`): the whole response as text.
+async fn plain_get(port: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(BIG, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn url_info(client: &ControlClient) -> Value {
@@ -510,6 +570,74 @@ async fn embedded_default_gives_each_server_a_loopback_https_url_that_survives_r
         "nope",
     );
     assert_eq!(bad.status().await, 401);
+
+    // OAuth on the embedded port: the challenge and the protected-resource metadata name the port's own resource URL,
+    // and the authorization server maps that URL to the server (a client registered there can ask for it).
+    let local_resource = format!("https://127.0.0.1:{port}/mcp");
+    let (status, headers, _) = bad.request("POST", "/mcp", Some(json!({}))).await;
+    assert_eq!(status, 401);
+    let challenge = headers["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.contains(&format!(
+            "resource_metadata=\"https://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp\""
+        )),
+        "{challenge}"
+    );
+    let (status, _, prm) = bad
+        .request("GET", "/.well-known/oauth-protected-resource/mcp", None)
+        .await;
+    assert_eq!(status, 200, "{prm}");
+    let prm: Value = serde_json::from_str(&prm).unwrap();
+    assert_eq!(prm["resource"], local_resource.as_str(), "{prm}");
+    let (status, _, reg) = bad
+        .request(
+            "POST",
+            "/register",
+            Some(json!({"client_name": "relay port client", "redirect_uris": ["http://127.0.0.1:9/cb"],
+                "grant_types": ["authorization_code"], "response_types": ["code"],
+                "token_endpoint_auth_method": "none"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{reg}");
+    let client_id = serde_json::from_str::<Value>(&reg).unwrap()["client_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let loopback = info["url"].as_str().unwrap();
+    let gw_port = loopback
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|r| r.split('/').next())
+        .unwrap();
+    let enc = |v: &str| {
+        v.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
+    let query = format!(
+        "response_type=code&client_id={}&redirect_uri={}&code_challenge={}&code_challenge_method=S256&state=s1&resource={}&scope={}",
+        enc(&client_id),
+        enc("http://127.0.0.1:9/cb"),
+        "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGkSW4jCRM",
+        enc(&local_resource),
+        enc("mcp:read mcp:call"),
+    );
+    let page = plain_get(gw_port, &format!("/_airlock/oauth/authorize?{query}")).await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let approvals = agent.client.get("/v1/approvals").await.unwrap();
+    let approval = approvals
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["client_id"] == client_id.as_str())
+        .unwrap_or_else(|| panic!("no approval for the port's client: {approvals}"));
+    assert_eq!(approval["resource"], local_resource.as_str(), "{approval}");
+    assert_eq!(approval["server_id"], view["id"], "{approval}");
 
     // Restart: same port, same tunnel domain, same CA.
     agent.stop().await;
