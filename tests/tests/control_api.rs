@@ -156,7 +156,39 @@ fn status_reports_not_running_and_agent_json_is_removed_on_clean_exit() {
     assert!(st["servers"]["exposed"].is_u64(), "{st}");
     assert!(agent.agent_json_path().exists());
 
+    // An open event stream (a browser tab, the tray) must not hold the agent up: it ends on shutdown.
+    let info = agent.info();
+    let mut events = std::net::TcpStream::connect(info.api_addr()).unwrap();
+    let request = format!(
+        "GET /v1/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n\r\n",
+        info.api_addr(),
+        info.token
+    );
+    std::io::Write::write_all(&mut events, request.as_bytes()).unwrap();
+    events
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(r#"{"type":"hello"}"#) {
+        let n = std::io::Read::read(&mut events, &mut buf).unwrap();
+        assert!(
+            n > 0,
+            "event stream closed before hello: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+
     let exit = agent.stop().expect("agent exits on SIGTERM within 20 s");
+    // The stream was ended by the agent (EOF), not left hanging.
+    loop {
+        match std::io::Read::read(&mut events, &mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) => panic!("event stream did not end on shutdown: {e}"),
+        }
+    }
     assert!(exit.success(), "SIGTERM should be a clean exit, got {exit}");
     assert!(
         !agent.agent_json_path().exists(),

@@ -30,14 +30,22 @@ struct Api {
     state: Arc<AgentState>,
     token: Arc<str>,
     port: u16,
+    shutdown: tokio_util::sync::CancellationToken,
     sessions: Arc<crate::web::Sessions>,
 }
 
-pub fn router(state: Arc<AgentState>, token: String, port: u16) -> Router {
+/// `shutdown` ends the event streams, so open browser tabs and `airlock` clients do not hold the server open.
+pub fn router(
+    state: Arc<AgentState>,
+    token: String,
+    port: u16,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Router {
     let api = Api {
         state,
         token: token.into(),
         port,
+        shutdown,
         sessions: Arc::new(crate::web::Sessions::default()),
     };
     let oauth_routes = match api.state.oauth.get() {
@@ -500,7 +508,9 @@ async fn events(State(api): State<Api>) -> Sse<impl Stream<Item = Result<SseEven
         Some(Ok(SseEvent::default().data(data)))
     });
     let hello = tokio_stream::once(Ok(SseEvent::default().data(r#"{"type":"hello"}"#)));
-    Sse::new(hello.chain(stream)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    let stream =
+        futures::StreamExt::take_until(hello.chain(stream), api.shutdown.clone().cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
 #[cfg(test)]

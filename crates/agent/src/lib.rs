@@ -40,6 +40,8 @@ pub use state::{AgentState, Event};
 
 /// How often running loopback servers are probed again.
 const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long the control API may take to close its connections on shutdown.
+const API_DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -193,7 +195,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
 
     // Control API.
     let api_token = home::random_token();
-    let app = api::router(state.clone(), api_token.clone(), api_port);
+    let app = api::router(state.clone(), api_token.clone(), api_port, shutdown.clone());
     let api_stop = shutdown.clone();
     let api_server = tokio::spawn(async move {
         axum::serve(api_listener, app)
@@ -270,7 +272,15 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
     sandbox_control.stop(&state).await;
     stop_tasks.cancel();
     tasks.close();
-    let _ = api_server.await;
+    // Every stream of ours ends on shutdown; a connection that still lingers (a slow client) is cut after a bound.
+    let mut api_server = api_server;
+    if tokio::time::timeout(API_DRAIN, &mut api_server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("control API connections still open after {API_DRAIN:?}; closing them");
+        api_server.abort();
+    }
     gateway.shutdown().await;
     ingress_stop.cancel();
     let _ = ingress.await;
