@@ -153,6 +153,12 @@ function connectEvents() {
         onOauthEvent(ev.event);
       } else if (ev.type === "sandbox") {
         onSandboxEvent(ev);
+      } else if (ev.type === "relay" && Array.isArray(ev.nodes) && state.status && state.status.relay) {
+        // A relay connection changed state: the event carries every node, so update in place.
+        const relay = state.status.relay;
+        relay.nodes = ev.nodes.map((n, i) => ({ ...(relay.nodes?.[i] || {}), ...n }));
+        relay.connected = ev.nodes.filter((n) => n && n.state === "connected").length;
+        render();
       } else if (ev.type === "health" && typeof ev.id === "string") {
         const s = state.servers.find((x) => x.id === ev.id);
         if (s && ev.health && typeof ev.health === "object") {

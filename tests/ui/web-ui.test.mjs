@@ -245,7 +245,14 @@ try {
       const title = await page.locator(".view-title").textContent();
       summary.views.push({ view: v, title });
       if (v === "tunnel") {
-        await page.locator(".badge", { hasText: /Local gateway only|Anthropic tunnel/ }).first().waitFor();
+        // No relay or tunnel configured: the agent runs its embedded relay, and the view says so with
+        // the node's live state and the CA clients must trust.
+        await page.locator(".badge", { hasText: "Embedded relay" }).first().waitFor();
+        const relay = page.locator('[data-section="relay"]');
+        await relay.locator(".badge", { hasText: "connected" }).first().waitFor();
+        const relayText = await relay.textContent();
+        check(/1 of 1 node/.test(relayText), `embedded relay not shown as 1 of 1 connected: ${relayText}`);
+        check(/airlock\.localhost/.test(relayText), `embedded relay tunnel domain missing: ${relayText}`);
       }
       await shot(page, v);
     }

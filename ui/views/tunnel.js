@@ -1,5 +1,6 @@
-// Tunnel: how servers are reached from outside (Anthropic's MCP tunnel or the local gateway
-// only), cloudflared's state, the tunnel CA to register, and where secrets are kept.
+// Tunnel: how servers are reached from outside (the embedded relay, Airlock relay nodes, Anthropic's
+// MCP tunnel, or the local gateway only), each connection's state, cloudflared's state, the tunnel CA
+// to register or trust, and where secrets are kept.
 
 import { h, on } from "../dom.js";
 import { badge, code, copyButton, row, viewHeader } from "./common.js";
@@ -82,6 +83,67 @@ function caSection(state, actions) {
   );
 }
 
+function relayNode(node) {
+  const addr = String(node.addr ?? "");
+  const pin = node.pinned ? badge("key pinned", "ok") : badge("key not pinned", "warn", "Run airlock tunnel login with --relay-fingerprint");
+  let state;
+  switch (node.state) {
+    case "connected": {
+      const since = node.since ? new Date(Number(node.since)).toLocaleTimeString() : "";
+      state = h("span", null, badge("connected", "ok"), since ? ` since ${since}` : "");
+      break;
+    }
+    case "connecting":
+      state = badge("connecting", "warn");
+      break;
+    case "backoff": {
+      const until = node.until ? new Date(Number(node.until)).toLocaleTimeString() : "soon";
+      state = h(
+        "span",
+        null,
+        badge(`backing off · attempt ${node.attempt ?? "?"}`, "bad"),
+        ` next try at ${until}`,
+        node.last_error ? h("span", { class: "block" }, code(String(node.last_error))) : null,
+      );
+      break;
+    }
+    default:
+      state = badge(String(node.state ?? "unknown"), "muted");
+  }
+  return row(code(addr), h("span", null, state, " ", pin));
+}
+
+function relaySection(relay) {
+  const nodes = Array.isArray(relay.nodes) ? relay.nodes : [];
+  const embedded = relay.mode === "embedded";
+  return h(
+    "section",
+    { class: "card", dataset: { section: "relay" } },
+    h("h2", null, embedded ? "Embedded relay" : "Airlock relay"),
+    h(
+      "p",
+      { class: "muted" },
+      embedded
+        ? "No relay or tunnel is configured, so the agent runs a relay on loopback: every exposed server has an https://127.0.0.1 URL that works on this machine, through the same inner TLS a remote relay would carry."
+        : "The agent keeps an outbound connection to every relay node; the relay routes by TLS server name and never sees inside the inner TLS.",
+    ),
+    h(
+      "dl",
+      { class: "rows" },
+      row("Tunnel domain", relay.tunnel_domain ? code(String(relay.tunnel_domain)) : h("span", { class: "muted" }, "not assigned yet")),
+      relay.public_port ? row("Public port", code(String(relay.public_port))) : null,
+      row("Connected", `${Number(relay.connected ?? 0)} of ${nodes.length} node${nodes.length === 1 ? "" : "s"}`),
+      relay.ca_fingerprint
+        ? row("CA fingerprint", code(String(relay.ca_fingerprint), "fingerprint"), copyButton("Copy", () => String(relay.ca_fingerprint), { ariaLabel: "Copy the relay CA fingerprint" }))
+        : null,
+      relay.ca_file ? row("CA file", code(String(relay.ca_file)), copyButton("Copy", () => String(relay.ca_file), { ariaLabel: "Copy the CA file path" })) : null,
+    ),
+    h("p", { class: "muted" }, "Relay URLs are trusted only by clients that trust this CA."),
+    nodes.length ? h("h3", null, "Nodes") : null,
+    nodes.length ? h("dl", { class: "rows" }, nodes.map(relayNode)) : null,
+  );
+}
+
 // cloudflared's state has no event of its own (only server changes are pushed), so this view
 // offers an explicit refresh instead of polling.
 function refreshButton(actions) {
@@ -93,6 +155,7 @@ function refreshButton(actions) {
 export function tunnelView(state, actions) {
   const st = state.status || {};
   const a = st.anthropic;
+  const relay = st.relay && typeof st.relay === "object" ? st.relay : null;
   const keystore = String(st.keystore ?? "unknown");
   return h(
     "div",
@@ -104,7 +167,16 @@ export function tunnelView(state, actions) {
       h("h2", null, "Mode"),
       a
         ? h("p", { class: "mode" }, badge("Anthropic tunnel", "ok"), " Exposed servers are reachable as subdomains of the tunnel domain; inner TLS ends on this machine.")
-        : h(
+        : relay
+          ? h(
+              "p",
+              { class: "mode" },
+              relay.mode === "embedded" ? badge("Embedded relay", "ok") : badge("Airlock relay", "ok"),
+              relay.mode === "embedded"
+                ? " Exposed servers answer on https://127.0.0.1 URLs through a relay on this machine; no account needed."
+                : " Exposed servers are reachable as subdomains of the relay's tunnel domain; inner TLS ends on this machine.",
+            )
+          : h(
             "div",
             null,
             h("p", { class: "mode" }, badge("Local gateway only", "muted"), " Exposed servers answer on 127.0.0.1 only."),
@@ -122,6 +194,7 @@ export function tunnelView(state, actions) {
           : null,
       ),
     ),
+    relay ? relaySection(relay) : null,
     a ? h("section", { class: "card" }, h("h2", null, "Certificates to register"), h("p", { class: "muted" }, "Register these in the Console under MCP tunnels › Certificates."), caSection(state, actions)) : null,
     h(
       "section",
@@ -133,7 +206,7 @@ export function tunnelView(state, actions) {
         row("Keystore", keystore === "file" ? badge("file", "warn") : badge(keystore, keystore === "keychain" ? "ok" : "muted")),
       ),
       keystore === "file"
-        ? h("p", { class: "warning", role: "note" }, "Secrets (the gateway token, CA keys, the tunnel token) are kept in 0600 files under AIRLOCK_HOME/secrets, not in the OS keychain: anything running as you can read them. Use --keystore keychain (or [keystore] backend = \"keychain\") where a keychain is available.")
+        ? h("p", { class: "warning", role: "note" }, "Secrets (CA keys, the tunnel and relay tokens, the relay identity key, the environment key) are kept in 0600 files under AIRLOCK_HOME/secrets, not in the OS keychain: anything running as you can read them. Use --keystore keychain (or [keystore] backend = \"keychain\") where a keychain is available.")
         : null,
     ),
   );
