@@ -70,6 +70,10 @@ pub fn router(
         .route("/v1/servers/{reference}/url", get(url))
         .route("/v1/events", get(events))
         .route("/v1/pki/reload", post(pki_reload))
+        .route("/v1/pki/rotate", post(pki_rotate))
+        .route("/v1/pki/activate", post(pki_activate))
+        .route("/v1/tunnel/token", post(tunnel_token))
+        .route("/v1/sandbox/login", post(sandbox_login))
         .route("/v1/sandbox", get(sandbox_status).post(sandbox_set))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(api.clone(), guard))
@@ -178,6 +182,10 @@ async fn status(State(api): State<Api>) -> Response {
     let state = &api.state;
     let servers = state.servers();
     let config = state.config();
+    let cloudflared_token_stored = matches!(
+        state.keystore.get(crate::tunnel::CLOUDFLARED_TOKEN).await,
+        Ok(Some(_))
+    );
     Json(json!({
         "running": true,
         "ready": state.is_ready(),
@@ -194,6 +202,7 @@ async fn status(State(api): State<Api>) -> Response {
         },
         "diagnostics": state.diagnostics().len(),
         "keystore": state.keystore.backend().to_string(),
+        "cloudflared_token_stored": cloudflared_token_stored,
         "anthropic": state.tunnel.get().map(|t| json!({
             "tunnel_domain": t.domain,
             "listen_addr": t.listen_addr,
@@ -221,6 +230,11 @@ fn ca_fingerprint(state: &AgentState, domain: &str) -> Option<String> {
 }
 
 async fn pki_reload(State(api): State<Api>) -> Result<Response, ApiError> {
+    Ok(Json(reload_all(&api).await?).into_response())
+}
+
+/// Hot-reloads the certificates of every running tunnel ingress (`/v1/pki/reload`, and after a rotation step).
+async fn reload_all(api: &Api) -> Result<serde_json::Value, ApiError> {
     let fail = |e: AgentError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     let mut reloaded = false;
     let mut any = false;
@@ -238,11 +252,154 @@ async fn pki_reload(State(api): State<Api>) -> Result<Response, ApiError> {
             .map_err(fail)?;
     }
     if !any {
-        return Ok(
-            Json(json!({ "reloaded": false, "reason": "no tunnel ingress runs" })).into_response(),
-        );
+        return Ok(json!({ "reloaded": false, "reason": "no tunnel ingress runs" }));
     }
-    Ok(Json(json!({ "reloaded": reloaded })).into_response())
+    Ok(json!({ "reloaded": reloaded }))
+}
+
+/// The tunnel domain whose CA `airlock ca …` and `/v1/ca` manage: the Anthropic tunnel's, else the relay's.
+fn ca_domain(api: &Api) -> Result<String, ApiError> {
+    match (api.state.tunnel.get(), api.state.relay.get()) {
+        (Some(t), _) => Ok(t.domain.clone()),
+        (None, Some(r)) => r.domain().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "the relay has not assigned a tunnel domain yet (no connection so far)",
+            )
+        }),
+        (None, None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no tunnel is configured",
+        )),
+    }
+}
+
+fn pki_store<'a>(api: &'a Api, domain: &str) -> Result<crate::pki_store::PkiStore<'a>, ApiError> {
+    crate::pki_store::PkiStore::new(
+        &api.state.home.root().join("pki"),
+        domain,
+        &api.state.keystore,
+        crate::pki_store::Validity::default(),
+    )
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// Phase one of a CA rotation (as `airlock ca rotate`): the next CA, to register beside the current one.
+async fn pki_rotate(State(api): State<Api>) -> Result<Response, ApiError> {
+    let domain = ca_domain(&api)?;
+    let store = pki_store(&api, &domain)?;
+    let next = store
+        .rotate(time::OffsetDateTime::now_utc())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let reload = reload_all(&api).await?;
+    Ok(Json(json!({
+        "tunnel_domain": domain,
+        "pending": { "fingerprint": next.fingerprint_sha256_hex(), "pem": next.pem },
+        "cas": store.summaries(),
+        "reload": reload,
+    }))
+    .into_response())
+}
+
+/// Phase two (as `airlock ca activate`): the pending CA signs from now on; the listeners get a certificate from it.
+async fn pki_activate(State(api): State<Api>) -> Result<Response, ApiError> {
+    let domain = ca_domain(&api)?;
+    let store = pki_store(&api, &domain)?;
+    let (active, _) = store
+        .activate(time::OffsetDateTime::now_utc())
+        .await
+        .map_err(|e| match e {
+            AgentError::Invalid(m) => ApiError::new(StatusCode::CONFLICT, m),
+            e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        })?;
+    let reload = reload_all(&api).await?;
+    Ok(Json(json!({
+        "tunnel_domain": domain,
+        "active": { "fingerprint": active.fingerprint_sha256_hex() },
+        "cas": store.summaries(),
+        "reload": reload,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TunnelTokenBody {
+    token: String,
+}
+
+/// Stores cloudflared's tunnel token in the keystore (as `airlock tunnel set-token`). Never echoed.
+async fn tunnel_token(
+    State(api): State<Api>,
+    body: Option<Json<TunnelTokenBody>>,
+) -> Result<Response, ApiError> {
+    let Some(Json(body)) = body else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "send {\"token\": \"…\"} as JSON",
+        ));
+    };
+    crate::tunnel::store_token(&api.state.keystore, &body.token)
+        .await
+        .map_err(|e| match e {
+            AgentError::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m),
+            e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        })?;
+    let running = api
+        .state
+        .tunnel
+        .get()
+        .is_some_and(|t| t.cloudflared.is_some());
+    Ok(Json(json!({
+        "stored": true,
+        "keystore": api.state.keystore.backend().to_string(),
+        "tunnel_configured": api.state.tunnel.get().is_some(),
+        "restart_needed": api.state.tunnel.get().is_some() && !running,
+        "note": "cloudflared starts with the stored token when the agent starts the Anthropic tunnel; restart the agent to use a new token",
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SandboxLoginBody {
+    #[serde(default)]
+    base_url: Option<String>,
+    environment_id: String,
+    environment_key: String,
+}
+
+/// Records the Managed Agents environment (as `airlock sandbox login`): key into the keystore, the rest into
+/// config.toml. Answers with the sandbox status, which says whether a key is stored (never the key).
+async fn sandbox_login(
+    State(api): State<Api>,
+    body: Option<Json<SandboxLoginBody>>,
+) -> Result<Response, ApiError> {
+    let Some(Json(body)) = body else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "send {\"base_url\", \"environment_id\", \"environment_key\"} as JSON",
+        ));
+    };
+    let control = sandbox_control(&api)?;
+    let base_url = body
+        .base_url
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| airlock_worker::DEFAULT_BASE_URL.to_string());
+    crate::sandbox::login(
+        &api.state.home.config_path(),
+        &api.state.keystore,
+        &base_url,
+        &body.environment_id,
+        &body.environment_key,
+    )
+    .await
+    .map_err(|e| match e {
+        AgentError::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m),
+        e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    })?;
+    Ok(Json(control.status(&api.state).await).into_response())
 }
 
 async fn servers(State(api): State<Api>) -> Response {

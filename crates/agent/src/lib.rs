@@ -162,7 +162,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
     let ingress_stop = CancellationToken::new();
     // OAuth 2.1 (resource server + authorization server) on every ingress: loopback, Anthropic tunnel, relay. No
     // other credential is accepted.
-    let (oauth_server, resource_server) =
+    let (oauth_server, resource_server, audit_recorded) =
         oauth::open(home.root().join("oauth.sqlite"), &gateway, gateway_port).await?;
     let _ = state.oauth.set(oauth_server.clone());
     let ingress = tokio::spawn(airlock_gateway::serve_loopback(
@@ -213,6 +213,11 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
     tasks.spawn(forward_oauth(
         state.clone(),
         oauth_server,
+        stop_tasks.clone(),
+    ));
+    tasks.spawn(forward_audit(
+        state.clone(),
+        audit_recorded,
         stop_tasks.clone(),
     ));
     if probe_running {
@@ -339,6 +344,30 @@ async fn forward_oauth(
         }
     }
 }
+
+/// New audit records as `{"type":"audit"}` events, at most one per [`AUDIT_EVENT_INTERVAL`]: a burst of calls is
+/// one event (sent after the burst's first record), so a view refetches the log instead of polling it.
+async fn forward_audit(
+    state: Arc<AgentState>,
+    recorded: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = recorded.notified() => {}
+        }
+        // Let the record (and the rest of a burst) reach the log; readers flush the writer queue anyway.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(AUDIT_EVENT_INTERVAL) => {}
+        }
+        state.emit(Event::Audit);
+    }
+}
+
+/// The shortest time between two `audit` events.
+pub const AUDIT_EVENT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn forward_health(state: Arc<AgentState>, stop: CancellationToken) {
     let mut rx = state.gateway.subscribe();

@@ -25,6 +25,8 @@ use crate::AgentError;
 #[derive(Clone)]
 pub struct OAuthGlue {
     pub server: oauth::AuthServer,
+    /// Woken on every recorded MCP call; the agent turns it into coalesced `audit` events.
+    pub audit_recorded: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for OAuthGlue {
@@ -109,6 +111,7 @@ impl AuditSink for OAuthGlue {
             duration: c.duration,
             ingress: ingress(c.ingress),
         });
+        self.audit_recorded.notify_one();
     }
 }
 
@@ -135,7 +138,7 @@ pub async fn open(
     db_path: std::path::PathBuf,
     gateway: &Gateway,
     gateway_port: u16,
-) -> Result<(oauth::AuthServer, ResourceServer), AgentError> {
+) -> Result<(oauth::AuthServer, ResourceServer, Arc<tokio::sync::Notify>), AgentError> {
     let config = oauth::Config::new(
         db_path,
         format!("http://127.0.0.1:{gateway_port}/_airlock/oauth/authorize"),
@@ -146,9 +149,11 @@ pub async fn open(
     ))
     .await
     .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let audit_recorded = Arc::new(tokio::sync::Notify::new());
     let glue = Arc::new(OAuthGlue {
         server: server.clone(),
+        audit_recorded: audit_recorded.clone(),
     });
     let rs = ResourceServer::new(glue.clone(), glue.clone(), glue);
-    Ok((server, rs))
+    Ok((server, rs, audit_recorded))
 }

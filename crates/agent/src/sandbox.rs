@@ -786,6 +786,56 @@ async fn forward_status(
     }
 }
 
+/// Records a Managed Agents environment (`airlock sandbox login`, `POST /v1/sandbox/login`): the environment key goes
+/// to the keystore only, the base URL and environment id to config.toml. Returns the normalised base URL.
+pub async fn login(
+    config_path: &Path,
+    keystore: &airlock_keystore::Keystore,
+    base_url: &str,
+    environment_id: &str,
+    environment_key: &str,
+) -> Result<String, AgentError> {
+    let base_url = validate_base_url(base_url)?;
+    let environment_id = environment_id.trim().to_string();
+    if environment_id.is_empty()
+        || environment_id.len() > 256
+        || environment_id
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(AgentError::Invalid(
+            "the environment id must be the environment's id (env_…), without spaces".into(),
+        ));
+    }
+    let key = environment_key.trim();
+    if key.is_empty() {
+        return Err(AgentError::Invalid("the environment key is empty".into()));
+    }
+    if key.len() > 8192 || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(AgentError::Invalid(
+            "that does not look like an environment key (one line, no spaces)".into(),
+        ));
+    }
+    keystore
+        .set(ENVIRONMENT_KEY, &airlock_keystore::Secret::from(key))
+        .await
+        .map_err(|e| AgentError::Invalid(format!("storing the environment key: {e}")))?;
+    let path = config_path.to_path_buf();
+    let (url, id) = (base_url.clone(), environment_id);
+    tokio::task::spawn_blocking(move || {
+        crate::config::update(
+            &path,
+            crate::config::Edit::Sandbox(SandboxEdit::Login {
+                base_url: &url,
+                environment_id: &id,
+            }),
+        )
+    })
+    .await
+    .map_err(|e| AgentError::Invalid(format!("writing config.toml: {e}")))??;
+    Ok(base_url)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

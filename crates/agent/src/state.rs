@@ -47,6 +47,8 @@ pub struct ServerView {
 pub enum Event {
     /// Discovery results or exposure changed: refetch `/v1/servers`.
     ServersChanged,
+    /// New audit records landed (coalesced: at most about one per second): refetch `/v1/audit`.
+    Audit,
     /// A route's health changed.
     Health(RouteStatus),
     /// OAuth: an approval is pending/decided/expired, a grant was issued/revoked (`event.type` says which).

@@ -356,6 +356,27 @@ fn origin_of(url: &str) -> String {
     }
 }
 
+/// Stores cloudflared's tunnel token in the keystore (`airlock tunnel set-token`, `POST /v1/tunnel/token`).
+/// The token is trimmed; an empty one, one with inner whitespace or control characters, or one over 8 KiB is refused.
+pub async fn store_token(keystore: &Keystore, token: &str) -> Result<(), AgentError> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AgentError::Invalid(
+            "the cloudflared token is empty; copy it from the Console's tunnel page".into(),
+        ));
+    }
+    if token.len() > 8192 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(AgentError::Invalid(
+            "that does not look like a cloudflared tunnel token (one line of base64, no spaces)"
+                .into(),
+        ));
+    }
+    keystore
+        .set(CLOUDFLARED_TOKEN, &airlock_keystore::Secret::from(token))
+        .await
+        .map_err(|e| AgentError::Invalid(format!("storing the cloudflared token: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

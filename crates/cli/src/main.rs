@@ -1233,12 +1233,12 @@ async fn tunnel(
                 airlock_agent::home::open_keystore(home, cfg.keystore.backend.as_deref(), keystore)
                     .await
                     .map_err(anyhow::Error::from)?;
-            ks.set(
-                airlock_agent::tunnel::CLOUDFLARED_TOKEN,
-                &airlock_keystore::Secret::from(token),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("storing the token: {e}"))?;
+            airlock_agent::tunnel::store_token(&ks, token)
+                .await
+                .map_err(|e| Failure {
+                    code: 2,
+                    message: e.to_string(),
+                })?;
             say!(
                 "cloudflared token stored in the {} keystore; restart `airlock up` to connect",
                 ks.backend()
@@ -1666,7 +1666,7 @@ async fn sandbox(
     cmd: SandboxCommand,
 ) -> Result<(), Failure> {
     use airlock_agent::config::{self, Edit};
-    use airlock_agent::sandbox::{SandboxEdit, validate_base_url, validate_domain};
+    use airlock_agent::sandbox::{SandboxEdit, validate_domain};
     let invalid = |e: airlock_agent::AgentError| Failure {
         code: 2,
         message: e.to_string(),
@@ -1676,33 +1676,22 @@ async fn sandbox(
             base_url,
             environment_id,
         } => {
-            let base_url = validate_base_url(&base_url).map_err(invalid)?;
-            let environment_id = environment_id.trim().to_string();
-            if environment_id.is_empty() || environment_id.contains(char::is_whitespace) {
-                return Err(usage(
-                    "--environment-id must be the environment's id (env_…)",
-                ));
-            }
             let key = read_environment_key_from_stdin()?;
             let cfg = config::load(&home.config_path()).map_err(anyhow::Error::from)?;
             let ks =
                 airlock_agent::home::open_keystore(home, cfg.keystore.backend.as_deref(), keystore)
                     .await
                     .map_err(anyhow::Error::from)?;
-            ks.set(
-                airlock_agent::sandbox::ENVIRONMENT_KEY,
-                &airlock_keystore::Secret::from(key.as_str()),
+            let base_url = airlock_agent::sandbox::login(
+                &home.config_path(),
+                &ks,
+                &base_url,
+                &environment_id,
+                &key,
             )
             .await
-            .map_err(|e| anyhow::anyhow!("storing the environment key: {e}"))?;
-            config::update(
-                &home.config_path(),
-                Edit::Sandbox(SandboxEdit::Login {
-                    base_url: &base_url,
-                    environment_id: &environment_id,
-                }),
-            )
-            .map_err(anyhow::Error::from)?;
+            .map_err(invalid)?;
+            let environment_id = environment_id.trim();
             say!(
                 "environment key stored in the {} keystore; {} at {} written to {}; `airlock sandbox on` starts the worker",
                 ks.backend(),
