@@ -48,6 +48,11 @@ export const api = {
   url: (id) => request("GET", `/v1/servers/${encodeURIComponent(id)}/url`),
   ca: () => request("GET", "/v1/ca"),
   reloadPki: () => request("POST", "/v1/pki/reload", {}),
+  rotateCa: () => request("POST", "/v1/pki/rotate", {}),
+  activateCa: () => request("POST", "/v1/pki/activate", {}),
+  // Secrets go out once and never come back: the answers only say they are stored.
+  setTunnelToken: (token) => request("POST", "/v1/tunnel/token", { token }),
+  sandboxLogin: (body) => request("POST", "/v1/sandbox/login", body),
   approvals: () => request("GET", "/v1/approvals"),
   approve: (id, tools) => request("POST", `/v1/approvals/${encodeURIComponent(id)}/approve`, tools ? { tools } : {}),
   deny: (id) => request("POST", `/v1/approvals/${encodeURIComponent(id)}/deny`, {}),

@@ -62,6 +62,16 @@ const state = {
   sandboxError: null,
   sandboxBusy: false,
   sandboxToggleError: null,
+  caBusy: false,
+  caConfirm: false, // the rotation's explanation is open
+  caNote: null,
+  caActionError: null,
+  tokenBusy: false,
+  tokenNote: null,
+  tokenError: null,
+  loginBusy: false,
+  loginNote: null,
+  loginError: null,
 };
 
 // Visible to tests and curious users; holds no secrets.
@@ -153,6 +163,8 @@ function connectEvents() {
         onOauthEvent(ev.event);
       } else if (ev.type === "sandbox") {
         onSandboxEvent(ev);
+      } else if (ev.type === "audit") {
+        onAuditEvent();
       } else if (ev.type === "relay" && Array.isArray(ev.nodes) && state.status && state.status.relay) {
         // A relay connection changed state: the event carries every node, so update in place.
         const relay = state.status.relay;
@@ -246,6 +258,23 @@ function onOauthEvent(e) {
   } else {
     state.audit = undefined; // fetched fresh on the next visit
   }
+}
+
+// New audit records: the agent coalesces these (about one a second); refetch the open Audit view once
+// per burst, otherwise drop the cached list so the next visit fetches it.
+let auditTimer = null;
+function onAuditEvent() {
+  if (view !== "audit") {
+    state.audit = undefined;
+    return;
+  }
+  clearTimeout(auditTimer);
+  auditTimer = setTimeout(() => {
+    auditTimer = null;
+    if (view === "audit") {
+      actions.loadAudit();
+    }
+  }, 250);
 }
 
 // Live worker state without refetching (GET /v1/sandbox probes the isolation each time).
@@ -475,6 +504,70 @@ const actions = {
       state.sandboxBusy = false;
       await actions.loadSandbox();
     }
+  },
+  async caStep(step) {
+    state.caBusy = true;
+    state.caActionError = null;
+    state.caNote = null;
+    render();
+    try {
+      const r = step === "rotate" ? await api.rotateCa() : await api.activateCa();
+      if (r && Array.isArray(r.cas)) {
+        state.ca = { tunnel_domain: r.tunnel_domain, cas: r.cas };
+        state.caError = null;
+      }
+      state.caConfirm = false;
+      state.caNote =
+        step === "rotate"
+          ? "A new CA is pending. Register it beside the current one, then activate it."
+          : "The new CA is active; the tunnel serves a certificate from it. Revoke the previous CA once traffic flows.";
+    } catch (err) {
+      state.caActionError = apiMessage(err);
+    } finally {
+      state.caBusy = false;
+      await refresh();
+    }
+  },
+  setCaConfirm(open) {
+    state.caConfirm = open;
+    state.caActionError = null;
+    render();
+  },
+  async setTunnelToken(token) {
+    state.tokenBusy = true;
+    state.tokenError = null;
+    state.tokenNote = null;
+    render();
+    try {
+      const r = await api.setTunnelToken(token);
+      state.tokenNote = `Stored in the ${r && r.keystore ? String(r.keystore) : ""} keystore.${r && r.tunnel_configured ? " Restart the agent to connect cloudflared with it." : " It is used once an Anthropic tunnel is configured."}`;
+    } catch (err) {
+      state.tokenError = apiMessage(err);
+    } finally {
+      state.tokenBusy = false;
+      await refresh();
+    }
+  },
+  async sandboxLogin(body) {
+    state.loginBusy = true;
+    state.loginError = null;
+    state.loginNote = null;
+    render();
+    let ok = false;
+    try {
+      const s = await api.sandboxLogin(body);
+      if (s && typeof s === "object" && "enabled" in s) {
+        state.sandbox = s;
+      }
+      state.loginNote = "Environment saved; the key is in the keystore.";
+      ok = true;
+    } catch (err) {
+      state.loginError = apiMessage(err);
+    } finally {
+      state.loginBusy = false;
+      render();
+    }
+    return ok;
   },
   async refreshAll() {
     state.ca = undefined;

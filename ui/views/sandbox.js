@@ -5,6 +5,10 @@
 import { h, on } from "../dom.js";
 import { badge, code, copyButton, emptyState, errorNote, row, timeEl, viewHeader } from "./common.js";
 
+// What is being typed in the environment form survives re-renders here, in memory only; the key is
+// dropped as soon as it is sent and is never rendered as an attribute.
+const draft = { base_url: null, environment_id: null, key: "" };
+
 function isolationOf(s) {
   return s.isolation || s.report || null;
 }
@@ -124,7 +128,47 @@ function workerSection(s) {
   );
 }
 
-function keySection(s) {
+function field(id, label, attrs, value, onInput) {
+  const input = h("input", { id, name: id, autocomplete: "off", spellcheck: "false", value, ...attrs, dataset: { focusKey: id } });
+  on(input, "input", () => onInput(input.value));
+  return h("div", { class: "field" }, h("label", { for: id }, label), " ", input);
+}
+
+function loginForm(s, state, actions) {
+  const busy = Boolean(state.loginBusy);
+  const baseUrl = draft.base_url ?? String(s.base_url ?? "https://api.anthropic.com");
+  const envId = draft.environment_id ?? String(s.environment_id ?? "");
+  const submit = h("button", { type: "submit", class: "btn", disabled: busy }, busy ? "Saving…" : s.environment_key_stored ? "Replace the key" : "Save");
+  const form = h(
+    "form",
+    { class: "env-form", "aria-label": "Environment key" },
+    field("sandbox-base-url", "API base URL", { type: "url", disabled: busy }, baseUrl, (v) => (draft.base_url = v)),
+    field("sandbox-environment-id", "Environment id", { type: "text", placeholder: "env_…", disabled: busy }, envId, (v) => (draft.environment_id = v)),
+    field("sandbox-environment-key", "Environment key", { type: "password", disabled: busy }, draft.key, (v) => (draft.key = v)),
+    h("p", null, submit),
+  );
+  on(form, "submit", async (ev) => {
+    ev.preventDefault();
+    const body = {
+      base_url: form.querySelector("#sandbox-base-url").value.trim(),
+      environment_id: form.querySelector("#sandbox-environment-id").value.trim(),
+      environment_key: form.querySelector("#sandbox-environment-key").value,
+    };
+    draft.key = "";
+    form.querySelector("#sandbox-environment-key").value = "";
+    if (await actions.sandboxLogin(body)) {
+      draft.base_url = null;
+      draft.environment_id = null;
+    }
+  });
+  return [
+    form,
+    state.loginNote ? h("p", { class: "note", role: "status" }, state.loginNote) : null,
+    state.loginError ? errorNote(state.loginError) : null,
+  ];
+}
+
+function keySection(s, state, actions) {
   const login = `airlock sandbox login --base-url ${s.base_url ? String(s.base_url) : "https://api.anthropic.com"} --environment-id ${s.environment_id ? String(s.environment_id) : "env_…"} < environment-key.txt`;
   return h(
     "section",
@@ -141,7 +185,9 @@ function keySection(s) {
         ? row("Network", s.allowed_domains.length ? h("span", { class: "keys" }, s.allowed_domains.map((d) => code(String(d)))) : h("span", { class: "muted" }, "none (no domain allowed)"))
         : null,
     ),
-    h("p", { class: "muted" }, s.configured ? "To change the environment or its key, run in a terminal:" : "Set the environment and its key in a terminal (the key is a secret: it goes straight to the keychain, never through this page):"),
+    h("p", { class: "muted" }, s.configured ? "To change the environment or its key, enter them here (the key goes to the keystore and is never shown again):" : "Enter the environment and its key (the key goes to the keystore and is never shown again):"),
+    loginForm(s, state, actions),
+    h("p", { class: "muted" }, "Or in a terminal:"),
     h("p", null, code(login, "cmd"), " ", copyButton("Copy", () => login, { ariaLabel: "Copy the sandbox login command" })),
   );
 }
@@ -182,7 +228,7 @@ export function sandboxView(state, actions) {
         state.sandboxToggleError ? errorNote(state.sandboxToggleError) : null,
       ),
       isolationSection(s),
-      keySection(s),
+      keySection(s, state, actions),
       workerSection(s),
     ];
   }

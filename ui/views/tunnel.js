@@ -3,7 +3,11 @@
 // to register or trust, and where secrets are kept.
 
 import { h, on } from "../dom.js";
-import { badge, code, copyButton, row, viewHeader } from "./common.js";
+import { badge, code, copyButton, errorNote, row, viewHeader } from "./common.js";
+
+// The token being typed lives here only until it is sent (re-renders rebuild the form); never in state,
+// never rendered as an attribute.
+let tokenDraft = "";
 
 function cloudflared(cf) {
   if (!cf) {
@@ -64,6 +68,7 @@ function caSection(state, actions) {
   return h(
     "div",
     { class: "cas" },
+    rotation(state, actions, cas),
     cas.map((ca) => {
       const role = String(ca.role ?? "ca");
       const pem = String(ca.pem ?? "");
@@ -80,6 +85,90 @@ function caSection(state, actions) {
         ),
       );
     }),
+  );
+}
+
+// CA rotation in two phases, as `airlock ca rotate` / `airlock ca activate`: a confirm step explains them.
+function rotation(state, actions, cas) {
+  const pending = cas.some((c) => c.role === "pending");
+  const busy = Boolean(state.caBusy);
+  const parts = [];
+  if (pending) {
+    const act = h("button", { type: "button", class: "btn", disabled: busy, dataset: { focusKey: "ca-activate", action: "ca-activate" } }, busy ? "Working…" : "Activate the pending CA");
+    on(act, "click", () => actions.caStep("activate"));
+    parts.push(
+      h("p", { class: "note" }, "A rotation is pending. Once the pending CA is registered (or trusted by your clients), activate it: the tunnel then serves a certificate signed by it."),
+      h("p", null, act),
+    );
+  } else if (state.caConfirm) {
+    const go = h("button", { type: "button", class: "btn", disabled: busy, dataset: { focusKey: "ca-rotate-confirm", action: "ca-rotate-confirm" } }, busy ? "Working…" : "Create the next CA");
+    on(go, "click", () => actions.caStep("rotate"));
+    const cancel = h("button", { type: "button", class: "btn btn-small", disabled: busy, dataset: { focusKey: "ca-rotate-cancel" } }, "Cancel");
+    on(cancel, "click", () => actions.setCaConfirm(false));
+    parts.push(
+      h(
+        "div",
+        { class: "confirm", role: "group", "aria-label": "Rotate the CA" },
+        h("p", null, "Rotation has two phases. 1. A new CA is created now; it signs nothing yet, and the current CA keeps serving. Register the new one beside the current one (the Console allows two) or add it to your clients' trust. 2. Activate it: the tunnel then serves a certificate signed by it. Keep the previous CA registered until traffic flows with the new one."),
+        h("p", null, go, " ", cancel),
+      ),
+    );
+  } else {
+    const rot = h("button", { type: "button", class: "btn", disabled: busy, dataset: { focusKey: "ca-rotate", action: "ca-rotate" } }, "Rotate CA…");
+    on(rot, "click", () => actions.setCaConfirm(true));
+    parts.push(h("p", null, rot));
+  }
+  if (state.caNote) {
+    parts.push(h("p", { class: "note", role: "status" }, state.caNote));
+  }
+  if (state.caActionError) {
+    parts.push(errorNote(state.caActionError));
+  }
+  return h("div", { class: "ca-rotation" }, parts);
+}
+
+// cloudflared's token: a password field, sent once, cleared after submit, never shown back.
+function tokenForm(state, actions) {
+  const input = h("input", {
+    type: "password",
+    id: "cloudflared-token",
+    name: "cloudflared-token",
+    autocomplete: "off",
+    spellcheck: "false",
+    value: tokenDraft,
+    disabled: state.tokenBusy,
+    dataset: { focusKey: "cloudflared-token" },
+  });
+  on(input, "input", () => {
+    tokenDraft = input.value;
+  });
+  const submit = h("button", { type: "submit", class: "btn", disabled: state.tokenBusy }, state.tokenBusy ? "Saving…" : "Save token");
+  const form = h(
+    "form",
+    { class: "token-form", "aria-label": "cloudflared tunnel token" },
+    h("label", { for: "cloudflared-token" }, "cloudflared tunnel token"),
+    " ",
+    input,
+    " ",
+    submit,
+  );
+  on(form, "submit", (ev) => {
+    ev.preventDefault();
+    const token = input.value.trim();
+    tokenDraft = "";
+    input.value = "";
+    if (!token) {
+      return;
+    }
+    actions.setTunnelToken(token);
+  });
+  return h(
+    "div",
+    null,
+    form,
+    h("p", { class: "muted" }, "From the Console's MCP tunnel page. It goes to the keystore and is never shown again."),
+    state.tokenNote ? h("p", { class: "note", role: "status" }, state.tokenNote) : null,
+    state.tokenError ? errorNote(state.tokenError) : null,
   );
 }
 
@@ -195,7 +284,15 @@ export function tunnelView(state, actions) {
       ),
     ),
     relay ? relaySection(relay) : null,
-    a ? h("section", { class: "card" }, h("h2", null, "Certificates to register"), h("p", { class: "muted" }, "Register these in the Console under MCP tunnels › Certificates."), caSection(state, actions)) : null,
+    a || (relay && relay.tunnel_domain)
+      ? h(
+          "section",
+          { class: "card", dataset: { section: "ca" } },
+          h("h2", null, a ? "Certificates to register" : "Certificates to trust"),
+          h("p", { class: "muted" }, a ? "Register these in the Console under MCP tunnels › Certificates." : "Clients of the relay URLs trust these CAs."),
+          caSection(state, actions),
+        )
+      : null,
     h(
       "section",
       { class: "card" },
@@ -204,7 +301,9 @@ export function tunnelView(state, actions) {
         "dl",
         { class: "rows" },
         row("Keystore", keystore === "file" ? badge("file", "warn") : badge(keystore, keystore === "keychain" ? "ok" : "muted")),
+        row("cloudflared token", st.cloudflared_token_stored ? badge("stored", "ok") : badge("none", "muted")),
       ),
+      tokenForm(state, actions),
       keystore === "file"
         ? h("p", { class: "warning", role: "note" }, "Secrets (CA keys, the tunnel and relay tokens, the relay identity key, the environment key) are kept in 0600 files under AIRLOCK_HOME/secrets, not in the OS keychain: anything running as you can read them. Use --keystore keychain (or [keystore] backend = \"keychain\") where a keychain is available.")
         : null,
