@@ -37,7 +37,7 @@ const state = {
   drafts: new Map(), // server id -> hostname being edited
   tokens: new Map(), // server id -> GET /url answer (fetched on demand only)
   revealed: new Set(),
-  events: { hello: 0, servers_changed: 0, health: 0, oauth: 0, sandbox: 0 },
+  events: { hello: 0, servers_changed: 0, health: 0, oauth: 0, sandbox: 0, audit: 0 },
   // OAuth (undefined: not fetched yet; an error string when the agent does not offer it)
   approvals: undefined,
   oauthError: null,
