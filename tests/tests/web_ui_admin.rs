@@ -1,0 +1,287 @@
+//! The web UI's admin actions end to end (`tests/ui/admin.test.mjs` in headless Chromium) against
+//! a real agent running the embedded relay, with a real discovered stdio server exposed: the CA is
+//! rotated and activated from the Tunnel view (`airlock ca list` agrees), a cloudflared token and
+//! an environment key typed into password fields are stored (the agent says so; neither is ever
+//! echoed by the API, the page or the agent's log), and an MCP call shows up in the open Audit
+//! view without a reload. Screenshots land in `tests/artifacts/ui-admin/`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use airlock_e2e::{Agent, NodeTools, TestHome, repo_root, run_with_timeout, venv_bin, wait_for};
+use serde_json::{Value, json};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
+const CF_TOKEN: &str = "eyJhIjoiY2YtdGVzdC10b2tlbi1mb3ItdGhlLXVpIn0";
+const ENV_KEY: &str = "envkey_ui_admin_8c1f0e5a2b7d4c39";
+
+fn ui_test_dir() -> PathBuf {
+    repo_root().join("tests/ui")
+}
+
+fn require_browser_tools() {
+    assert!(
+        std::path::Path::new(CHROMIUM).is_file(),
+        "{CHROMIUM} is missing: run `scripts/test` once (it runs `apt-get install chromium`)"
+    );
+    let pw = ui_test_dir().join("node_modules/playwright-core/package.json");
+    assert!(
+        pw.is_file(),
+        "{} is missing: run `scripts/test` once (it runs `npm ci` in tests/ui)",
+        pw.display()
+    );
+}
+
+fn home() -> TestHome {
+    let home = TestHome::new();
+    let time = venv_bin("mcp-server-time");
+    let cfg = json!({
+        "mcpServers": { "time": { "command": time, "args": ["--local-timezone", "UTC"] } }
+    });
+    home.write(
+        ".config/Claude/claude_desktop_config.json",
+        &serde_json::to_string_pretty(&cfg).expect("serialize config"),
+    );
+    home
+}
+
+fn login_url(agent: &Agent) -> String {
+    let out = agent.cli(&["ui", "--print"]);
+    out.assert_success("airlock ui --print");
+    out.stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn active_fingerprint(list: &Value) -> String {
+    list["cas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["role"] == "active")
+        .and_then(|c| c["fingerprint"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn browser_rotates_the_ca_stores_secrets_and_sees_audit_live() {
+    require_browser_tools();
+    let agent = Agent::start(home());
+    agent.wait_server("time", Duration::from_secs(30));
+    let exposed = agent.expose("time");
+    // The embedded relay assigns its tunnel domain on its first connection.
+    wait_for(Duration::from_secs(30), "the relay's tunnel domain", || {
+        let st = agent.cli_json(&["status", "--json"]);
+        st["relay"]["tunnel_domain"].as_str().map(str::to_string)
+    });
+    let before = agent.cli_json(&["ca", "list", "--json"]);
+    let status = agent.cli_json(&["status", "--json"]);
+    assert_eq!(status["cloudflared_token_stored"], false, "{status}");
+
+    let url = login_url(&agent);
+    let artifacts = repo_root().join("tests/artifacts/ui-admin");
+    let node = NodeTools::locate();
+    let mut cmd = node.command(&ui_test_dir().join("admin.test.mjs"));
+    cmd.current_dir(repo_root()).args([
+        url.as_str(),
+        "--mcp-url",
+        exposed.url.as_str(),
+        "--base-url",
+        "http://127.0.0.1:9",
+        "--environment-id",
+        "env_ui_admin",
+        "--out",
+        artifacts.to_string_lossy().as_ref(),
+    ]);
+    // Secrets in the environment, never argv.
+    cmd.env("AIRLOCK_TEST_CF_TOKEN", CF_TOKEN)
+        .env("AIRLOCK_TEST_ENV_KEY", ENV_KEY)
+        .env("AIRLOCK_TEST_MCP_TOKEN", &exposed.token);
+    let run = run_with_timeout(cmd, BROWSER_TIMEOUT);
+    eprintln!("--- admin.test.mjs stderr\n{}", run.stderr);
+    let summary: Value = serde_json::from_str(
+        run.stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "admin.test.mjs printed no JSON summary ({e}; code {:?}, timed out {}):\n--- stdout\n{}\n--- agent stderr\n{}",
+            run.code,
+            run.timed_out,
+            run.stdout,
+            agent.stderr_log()
+        )
+    });
+    println!("admin.test.mjs summary: {summary}");
+    assert!(
+        run.code == Some(0) && summary["ok"] == true,
+        "admin.test.mjs failed (code {:?}): {}\n--- agent stderr\n{}",
+        run.code,
+        summary["failures"],
+        agent.stderr_log()
+    );
+
+    // CA: the page's before/after agree with `airlock ca list`; the old CA stays listed as previous.
+    let ca = &summary["ca"];
+    assert_eq!(
+        ca["before"],
+        active_fingerprint(&before).as_str(),
+        "{summary}"
+    );
+    let after = agent.cli_json(&["ca", "list", "--json"]);
+    let active = active_fingerprint(&after);
+    assert_ne!(active, active_fingerprint(&before), "{after}");
+    assert_eq!(ca["after"], active.as_str(), "{summary}\n{after}");
+    assert_eq!(ca["pending"], active.as_str(), "{summary}");
+    assert_eq!(ca["relay_after"], active.as_str(), "{summary}");
+    assert!(
+        after["cas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["role"] == "previous" && c["fingerprint"] == ca["before"]),
+        "{after}"
+    );
+    let fp = agent.cli(&["ca", "fingerprint"]);
+    fp.assert_success("airlock ca fingerprint");
+    assert_eq!(fp.stdout.trim(), active, "airlock ca fingerprint");
+
+    // The cloudflared token: stored, reported, never echoed.
+    assert_eq!(summary["token"]["field_type"], "password", "{summary}");
+    assert_eq!(summary["token"]["before"], "none", "{summary}");
+    assert_eq!(summary["token"]["after"], "stored", "{summary}");
+    let status = agent.cli(&["status", "--json"]);
+    status.assert_success("airlock status --json");
+    assert_eq!(
+        status.json()["cloudflared_token_stored"],
+        true,
+        "{}",
+        status.stdout
+    );
+    assert!(!status.stdout.contains(CF_TOKEN), "status echoes the token");
+
+    // The environment key: stored, reported, never echoed.
+    assert_eq!(
+        summary["sandbox"]["key_field_type"], "password",
+        "{summary}"
+    );
+    assert_eq!(summary["sandbox"]["before"], "missing", "{summary}");
+    assert_eq!(summary["sandbox"]["after"], "stored", "{summary}");
+    let sandbox = agent.cli(&["sandbox", "status", "--json"]);
+    sandbox.assert_success("airlock sandbox status --json");
+    let sb = sandbox.json();
+    assert_eq!(sb["environment_key_stored"], true, "{sb}");
+    assert_eq!(sb["environment_id"], "env_ui_admin", "{sb}");
+    assert_eq!(sb["base_url"], "http://127.0.0.1:9", "{sb}");
+    assert!(
+        !sandbox.stdout.contains(ENV_KEY),
+        "sandbox status echoes the key"
+    );
+
+    // Neither secret reached the agent's log or a plain config file.
+    let log = agent.stderr_log();
+    assert!(
+        !log.contains(CF_TOKEN) && !log.contains(ENV_KEY),
+        "a secret was logged"
+    );
+    let config =
+        std::fs::read_to_string(agent.home.airlock_home().join("config.toml")).unwrap_or_default();
+    assert!(
+        !config.contains(ENV_KEY) && !config.contains(CF_TOKEN),
+        "{config}"
+    );
+
+    // Audit: the call appeared without a reload, driven by audit events.
+    let audit = &summary["audit"];
+    assert!(
+        audit["rows_after"].as_u64() > audit["rows_before"].as_u64(),
+        "{summary}"
+    );
+    assert_eq!(audit["reloads"], 0, "{summary}");
+    assert!(
+        audit["events_after"].as_u64() > audit["events_before"].as_u64(),
+        "the Audit view must be driven by audit events: {summary}"
+    );
+    assert_eq!(summary["window_xss"], "undefined", "{summary}");
+}
+
+/// The control API validates what the UI sends and never echoes a secret.
+#[test]
+fn admin_endpoints_validate_and_do_not_echo() {
+    let agent = Agent::start(home());
+    agent.wait_server("time", Duration::from_secs(30));
+    let post = |path: &str, body: &str| airlock_e2e::oauth::api(&agent, "POST", path, Some(body));
+
+    let r = post("/v1/tunnel/token", r#"{"token":"  "}"#);
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = post("/v1/tunnel/token", r#"{"token":"has space"}"#);
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = post("/v1/tunnel/token", r#"{"tokn":"x"}"#);
+    assert!(
+        r.status == 400 || r.status == 422,
+        "{} {}",
+        r.status,
+        r.body
+    );
+    let r = post("/v1/tunnel/token", &format!(r#"{{"token":"{CF_TOKEN}"}}"#));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains(CF_TOKEN), "{}", r.body);
+
+    let r = post(
+        "/v1/sandbox/login",
+        r#"{"base_url":"ftp://x","environment_id":"env_1","environment_key":"k"}"#,
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = post(
+        "/v1/sandbox/login",
+        r#"{"base_url":"https://api.anthropic.com","environment_id":"env 1","environment_key":"k"}"#,
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = post(
+        "/v1/sandbox/login",
+        r#"{"environment_id":"env_1","environment_key":""}"#,
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = post(
+        "/v1/sandbox/login",
+        &format!(r#"{{"environment_id":"env_1","environment_key":"{ENV_KEY}"}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains(ENV_KEY), "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap_or_default();
+    assert_eq!(v["environment_key_stored"], true, "{v}");
+    assert_eq!(v["base_url"], "https://api.anthropic.com", "{v}");
+
+    // Activation without a pending rotation is a conflict, not a change.
+    wait_for(Duration::from_secs(30), "the relay's tunnel domain", || {
+        let st = agent.cli_json(&["status", "--json"]);
+        st["relay"]["tunnel_domain"].as_str().map(str::to_string)
+    });
+    let before = agent.cli_json(&["ca", "list", "--json"]);
+    let r = post("/v1/pki/activate", "{}");
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = post("/v1/pki/rotate", "{}");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap_or_default();
+    // Rotating twice returns the same pending CA.
+    let again = post("/v1/pki/rotate", "{}");
+    let w: Value = serde_json::from_str(&again.body).unwrap_or_default();
+    assert_eq!(
+        v["pending"]["fingerprint"], w["pending"]["fingerprint"],
+        "{v}\n{w}"
+    );
+    assert_eq!(
+        active_fingerprint(&agent.cli_json(&["ca", "list", "--json"])),
+        active_fingerprint(&before),
+        "rotate alone changes nothing that signs"
+    );
+}
