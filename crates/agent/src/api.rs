@@ -207,7 +207,7 @@ async fn status(State(api): State<Api>) -> Response {
             "tunnel_domain": t.domain,
             "listen_addr": t.listen_addr,
             "ca_fingerprint": ca_fingerprint(state, &t.domain),
-            "cloudflared": t.cloudflared.as_ref().map(|rx| serde_json::to_value(&*rx.borrow()).unwrap_or_default()),
+            "cloudflared": t.cloudflared.state().map(|s| serde_json::to_value(&s).unwrap_or_default()),
         })),
         "relay": state.relay.get().map(|r| r.status_json(r.domain().and_then(|d| ca_fingerprint(state, &d)))),
     }))
@@ -346,17 +346,19 @@ async fn tunnel_token(
             AgentError::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m),
             e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         })?;
-    let running = api
-        .state
-        .tunnel
-        .get()
-        .is_some_and(|t| t.cloudflared.is_some());
+    // With the Anthropic tunnel running, cloudflared (re)starts with the new token now.
+    let restarted = match api.state.tunnel.get() {
+        Some(t) => {
+            t.cloudflared.start(body.token.trim()).await;
+            true
+        }
+        None => false,
+    };
     Ok(Json(json!({
         "stored": true,
         "keystore": api.state.keystore.backend().to_string(),
         "tunnel_configured": api.state.tunnel.get().is_some(),
-        "restart_needed": api.state.tunnel.get().is_some() && !running,
-        "note": "cloudflared starts with the stored token when the agent starts the Anthropic tunnel; restart the agent to use a new token",
+        "cloudflared_restarted": restarted,
     }))
     .into_response())
 }

@@ -66,7 +66,8 @@ pub struct TunnelRuntime {
     pub domain: String,
     pub listen_addr: String,
     pub terminator: airlock_ingress::Terminator,
-    pub cloudflared: Option<tokio::sync::watch::Receiver<airlock_tunnel::CloudflaredState>>,
+    /// cloudflared (restartable: a new token restarts it).
+    pub cloudflared: Arc<crate::tunnel::Connector>,
     /// Server certificate validity and renewal margin (`cert_duration` / `renew_before`).
     pub validity: crate::pki_store::Validity,
 }

@@ -58,45 +58,41 @@ pub async fn start(
 
     let pid_file = state.home.root().join("run").join("cloudflared.pid");
     stop_stale_connector(&pid_file).await;
-    let cloudflared = match keystore.get(CLOUDFLARED_TOKEN).await {
+    let connector = Arc::new(Connector {
+        url: format!("http://{local}"),
+        pid_file,
+        tasks: tasks.clone(),
+        stop: stop.clone(),
+        running: tokio::sync::Mutex::new(None),
+        state: std::sync::Mutex::new(None),
+    });
+    match keystore.get(CLOUDFLARED_TOKEN).await {
         Ok(Some(token)) => match token.expose_str() {
-            Ok(token) => {
-                let sup = CloudflaredSupervisor::start(
-                    CloudflaredOptions::new(format!("http://{local}")),
-                    TunnelToken::new(token.trim().to_string()),
-                );
-                let rx = sup.state();
-                let stop = stop.clone();
-                tasks.spawn(record_connector_pid(
-                    rx.clone(),
-                    pid_file.clone(),
-                    stop.clone(),
-                ));
-                tasks.spawn(async move {
-                    stop.cancelled().await;
-                    sup.shutdown().await;
-                    let _ = std::fs::remove_file(&pid_file);
-                });
-                Some(rx)
-            }
+            Ok(token) => connector.start(token).await,
             Err(_) => {
                 tracing::warn!(
                     "the stored cloudflared token is not text; set it again with `airlock tunnel set-token`"
                 );
-                None
             }
         },
         Ok(None) => {
             tracing::info!(
                 "no cloudflared token stored: the tunnel listener waits for a connector you run yourself"
             );
-            None
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the cloudflared token");
-            None
         }
-    };
+    }
+    {
+        // On shutdown the connector goes too (and its pid file).
+        let connector = connector.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            stop.cancelled().await;
+            connector.stop_current().await;
+        });
+    }
 
     tasks.spawn(airlock_ingress::serve_websocket(
         listener,
@@ -119,7 +115,7 @@ pub async fn start(
         domain: domain.clone(),
         listen_addr: local.to_string(),
         terminator,
-        cloudflared,
+        cloudflared: connector,
         validity,
     };
     if state.tunnel.set(runtime).is_err() {
@@ -129,6 +125,69 @@ pub async fn start(
     }
     tracing::info!(%domain, listen = %local, "Anthropic tunnel ingress listening (WebSocket, inner TLS)");
     Ok(())
+}
+
+/// cloudflared for the tunnel listener: started with the stored token at agent start and restarted when a new token
+/// is stored (`POST /v1/tunnel/token`).
+pub struct Connector {
+    url: String,
+    pid_file: std::path::PathBuf,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    running: tokio::sync::Mutex<Option<(CloudflaredSupervisor, CancellationToken)>>,
+    state: std::sync::Mutex<Option<tokio::sync::watch::Receiver<airlock_tunnel::CloudflaredState>>>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// The supervisor's state; `None` when no connector was started (no token stored).
+    pub fn state(&self) -> Option<airlock_tunnel::CloudflaredState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|rx| rx.borrow().clone())
+    }
+
+    /// (Re)starts cloudflared with `token`: a running connector is stopped first. A no-op once the agent stops.
+    pub async fn start(&self, token: &str) {
+        let mut running = self.running.lock().await;
+        if self.stop.is_cancelled() {
+            return;
+        }
+        if let Some((sup, cancel)) = running.take() {
+            cancel.cancel();
+            sup.shutdown().await;
+        }
+        let sup = CloudflaredSupervisor::start(
+            CloudflaredOptions::new(self.url.clone()),
+            TunnelToken::new(token.trim().to_string()),
+        );
+        let rx = sup.state();
+        let cancel = self.stop.child_token();
+        self.tasks.spawn(record_connector_pid(
+            rx.clone(),
+            self.pid_file.clone(),
+            cancel.clone(),
+        ));
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+        *running = Some((sup, cancel));
+    }
+
+    async fn stop_current(&self) {
+        if let Some((sup, cancel)) = self.running.lock().await.take() {
+            cancel.cancel();
+            sup.shutdown().await;
+            let _ = std::fs::remove_file(&self.pid_file);
+        }
+    }
 }
 
 /// Keeps `run/cloudflared.pid` naming the running connector, so an agent that was killed without cleaning up (SIGKILL,
