@@ -540,7 +540,7 @@ const actions = {
     render();
     try {
       const r = await api.setTunnelToken(token);
-      state.tokenNote = `Stored in the ${r && r.keystore ? String(r.keystore) : ""} keystore.${r && r.tunnel_configured ? " Restart the agent to connect cloudflared with it." : " It is used once an Anthropic tunnel is configured."}`;
+      state.tokenNote = `Stored in the ${r && r.keystore ? String(r.keystore) : ""} keystore.${r && r.cloudflared_restarted ? " cloudflared was (re)started with it." : " It is used once an Anthropic tunnel is configured."}`;
     } catch (err) {
       state.tokenError = apiMessage(err);
     } finally {
