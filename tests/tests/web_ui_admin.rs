@@ -285,3 +285,86 @@ fn admin_endpoints_validate_and_do_not_echo() {
         "rotate alone changes nothing that signs"
     );
 }
+
+/// With the Anthropic tunnel configured, a token posted to the control API (as the Tunnel view
+/// does) starts cloudflared right away with that token in its environment, and a second token
+/// restarts it. The `cloudflared` here is a stand-in on `PATH` that records the token it got
+/// (the real connector needs Cloudflare's network).
+#[test]
+fn a_new_cloudflared_token_restarts_the_connector() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut home = TestHome::new();
+    let bin = home.scratch().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    let seen = home.scratch().join("tokens-seen");
+    let fake = bin.join("cloudflared");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$TUNNEL_TOKEN\" >> '{}'\nexec sleep 600\n",
+            seen.display()
+        ),
+    )
+    .expect("write the stand-in");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    home.set_env("PATH", &path);
+    home.write_airlock_config(
+        "[discovery]\nprobe_running = false\n\n[keystore]\nbackend = \"file\"\n\n\
+         [anthropic]\ntunnel_domain = \"abcd1234.tunnel.example\"\nlisten_addr = \"127.0.0.1:0\"\n",
+    );
+    let agent = Agent::start(home);
+    let status = agent.cli_json(&["status", "--json"]);
+    assert!(status["anthropic"]["cloudflared"].is_null(), "{status}");
+    assert_eq!(status["cloudflared_token_stored"], false, "{status}");
+
+    let post = |token: &str| {
+        let r = airlock_e2e::oauth::api(
+            &agent,
+            "POST",
+            "/v1/tunnel/token",
+            Some(&json!({ "token": token }).to_string()),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(!r.body.contains(token), "the token was echoed: {}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap_or_default();
+        assert_eq!(v["cloudflared_restarted"], true, "{v}");
+    };
+    let seen_lines = || -> Vec<String> {
+        std::fs::read_to_string(&seen)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    post(CF_TOKEN);
+    wait_for(
+        Duration::from_secs(30),
+        "cloudflared started with the token",
+        || (seen_lines() == [CF_TOKEN]).then_some(()),
+    );
+    let status = agent.cli(&["status", "--json"]);
+    let v = status.json();
+    assert_eq!(v["cloudflared_token_stored"], true, "{v}");
+    assert!(!v["anthropic"]["cloudflared"].is_null(), "{v}");
+    assert!(!status.stdout.contains(CF_TOKEN), "status echoes the token");
+
+    let second = "eyJhIjoic2Vjb25kLXRva2VuIn0";
+    post(second);
+    wait_for(
+        Duration::from_secs(30),
+        "cloudflared restarted with the new token",
+        || (seen_lines() == [CF_TOKEN, second]).then_some(()),
+    );
+    // One connector at a time: the first stand-in is gone.
+    let running: Vec<_> = airlock_e2e::descendants_matching(agent.pid(), "sleep 600");
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert!(
+        !agent.stderr_log().contains(CF_TOKEN) && !agent.stderr_log().contains(second),
+        "a token was logged"
+    );
+}
