@@ -61,6 +61,8 @@ const state = {
   sandbox: undefined,
   sandboxError: null,
   sandboxBusy: false,
+  sandboxLoading: null,
+  sandboxReloadAgain: false,
   sandboxToggleError: null,
   caBusy: false,
   caConfirm: false, // the rotation's explanation is open
@@ -474,18 +476,28 @@ const actions = {
     }
   },
   async loadSandbox() {
+    // A load asked for while one is in flight runs again once it ends: the answer in flight may predate
+    // the change that asked (e.g. the switch's POST), and the last word must be the newest state.
     if (state.sandboxLoading) {
-      return;
+      state.sandboxReloadAgain = true;
+      return state.sandboxLoading;
     }
-    state.sandboxLoading = true;
+    state.sandboxLoading = (async () => {
+      do {
+        state.sandboxReloadAgain = false;
+        try {
+          state.sandbox = (await api.sandbox()) || {};
+          state.sandboxError = null;
+        } catch (err) {
+          state.sandbox = null;
+          state.sandboxError = apiMessage(err);
+        }
+      } while (state.sandboxReloadAgain);
+    })();
     try {
-      state.sandbox = (await api.sandbox()) || {};
-      state.sandboxError = null;
-    } catch (err) {
-      state.sandbox = null;
-      state.sandboxError = apiMessage(err);
+      await state.sandboxLoading;
     } finally {
-      state.sandboxLoading = false;
+      state.sandboxLoading = null;
       render();
     }
   },

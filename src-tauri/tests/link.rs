@@ -111,7 +111,8 @@ async fn in_process_agent_lists_exposes_and_stops_gracefully() {
     })
     .await;
     assert!(!state.attached, "the tray started this agent itself");
-    assert_eq!(state.sandbox, SandboxStatus::Unavailable);
+    // The in-process agent serves the sandbox API; nothing is configured, so the switch shows off.
+    assert_eq!(state.sandbox, SandboxStatus::Off);
     let info = f.home.read_runtime().expect("runtime file of the agent");
     assert_eq!(info.pid, std::process::id(), "the agent runs in-process");
     let notes = state.servers.iter().find(|s| s.name == "notes").unwrap();
