@@ -326,6 +326,9 @@ pub fn sessions_token_from_secret(secret: &str) -> Option<String> {
 pub(crate) struct Lease {
     reason: Arc<Mutex<Option<LeaseEnd>>>,
     ended: CancellationToken,
+    /// Cancelled once the first heartbeat has had its answer (whatever it was): the item's work
+    /// waits for it, so the lease is claimed before any download or tool starts.
+    first_beat: CancellationToken,
     ttl_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -334,6 +337,7 @@ impl Lease {
         Self {
             reason: Arc::new(Mutex::new(None)),
             ended: CancellationToken::new(),
+            first_beat: CancellationToken::new(),
             ttl_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
     }
@@ -633,6 +637,14 @@ impl Worker {
             tracing::debug!(work_id = %item.id, kind = %item.data_type, "skipping non-session work item");
             return Ok(());
         }
+        // The research note's order: the lease heartbeat goes out before any download (session,
+        // skills, memory can outlast a TTL). Waiting for its answer also means a 412 stops the
+        // item before anything of it runs.
+        tokio::select! {
+            _ = lease.first_beat.cancelled() => {}
+            _ = lease.ended().cancelled() => return Ok(()),
+            _ = cancel.cancelled() => return Ok(()),
+        }
         let session = tokio::select! {
             _ = lease.ended().cancelled() => return Ok(()),
             _ = cancel.cancelled() => return Ok(()),
@@ -807,6 +819,8 @@ async fn heartbeat_loop(api: ApiClient, item: WorkItem, cred: String, lease: Lea
                 }
             }
         }
+        // Answered (the early returns above ended the lease, which the waiting item also watches).
+        lease.first_beat.cancel();
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = lease.ended().cancelled() => return,
