@@ -210,9 +210,19 @@ function apiMessage(err) {
   return err.message;
 }
 
+// Bumped by every live approval event. A list fetched while one arrived may predate it (the
+// answer would drop a request that is pending, or bring back a decided one), so it is fetched again.
+let approvalEpoch = 0;
+
 async function loadApprovals() {
   try {
-    const list = await api.approvals();
+    let list;
+    let epoch;
+    let tries = 0;
+    do {
+      epoch = approvalEpoch;
+      list = await api.approvals();
+    } while (epoch !== approvalEpoch && ++tries < 5);
     state.approvals = Array.isArray(list) ? list.filter((a) => a && a.state !== "approved" && a.state !== "denied" && a.state !== "expired") : [];
     state.oauthError = null;
   } catch (err) {
@@ -229,6 +239,9 @@ async function loadApprovals() {
 // Live OAuth events: approvals arrive and leave without a refetch; grant changes refetch the
 // lists that are on screen.
 function onOauthEvent(e) {
+  if (e.type === "approval_pending" || e.type === "approval_decided" || e.type === "approval_expired") {
+    approvalEpoch += 1;
+  }
   switch (e.type) {
     case "approval_pending":
       if (e.approval && typeof e.approval === "object" && Array.isArray(state.approvals)) {

@@ -297,9 +297,37 @@ try {
       check(await page.locator("article.approval").count() === 0, "no approval is pending yet");
       await shot("approvals-empty");
       clientId = await register(oauth.md, opts.clientName);
+      // Races the live event against a list fetched just before the request existed (the agent
+      // refetches on every servers_changed, e.g. when its probe finds another local server): that
+      // stale answer is held until the card is on screen, then delivered. The card must survive it.
+      let releaseStale;
+      const staleHeld = new Promise((res) => (releaseStale = res));
+      let staleCaught;
+      const caught = new Promise((res) => (staleCaught = res));
+      let stale = true;
+      await page.route("**/v1/approvals", async (route) => {
+        if (!stale || route.request().method() !== "GET") return route.continue();
+        stale = false;
+        const response = await route.fetch();
+        staleCaught();
+        await staleHeld;
+        await route.fulfill({ response });
+      });
+      const poke = await page.evaluate(async (id) => {
+        const r = await fetch(`/v1/servers/${encodeURIComponent(id)}/expose`, { method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" }, body: "{}" });
+        return r.status;
+      }, server.id);
+      check(poke === 200, `re-exposing the server (to make the page refetch) answered ${poke}`);
+      await caught;
       flow = await startAuthorize(oauth.md, clientId, server.url, "state-approve");
       const card = page.locator("article.approval");
       await card.first().waitFor(); // arrives through the event stream: no reload, no polling
+      // The held answer, then the page's own refetch (it saw an approval event during the first).
+      let answers = 0;
+      const refetched = page.waitForResponse((r) => r.url().endsWith("/v1/approvals") && r.request().method() === "GET" && ++answers === 2);
+      releaseStale();
+      await refetched;
+      await page.unroute("**/v1/approvals");
       summary.approval_seen = await card.count();
       check(summary.approval_seen === 1, `expected one pending approval, saw ${summary.approval_seen}`);
       await inert("article.approval", ".client-name", opts.clientName, "approval client name");
