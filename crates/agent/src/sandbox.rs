@@ -249,7 +249,16 @@ impl SandboxExecutor {
     }
 
     async fn open(&self, ctx: SessionContext) -> Result<Box<dyn SessionTools>, String> {
-        let cfg = self.sandbox_config(&ctx.session_id);
+        let mut cfg = self.sandbox_config(&ctx.session_id);
+        // Memory stores appear inside at the same paths; a read-only store is pulled but never
+        // pushed, so writing to it would only lose work: the sandbox refuses it instead.
+        for m in &ctx.memory {
+            if m.read_only {
+                cfg.read_only_paths.push(m.path.clone());
+            } else {
+                cfg.writable_roots.push(m.path.clone());
+            }
+        }
         if self.section.workdir.is_none() {
             let root = self.sessions_root.clone();
             tokio::task::spawn_blocking(move || std::fs::create_dir_all(&root))
@@ -992,6 +1001,7 @@ mod tests {
             work_id: "work_1".into(),
             environment_id: "env_1".into(),
             session: json!({}),
+            memory: Vec::new(),
         };
         let mut tools = ex.open_session(ctx).await.unwrap();
         assert_eq!(ex.open_sessions().len(), 1);

@@ -66,7 +66,8 @@ pub use cgroup::CgroupSupport;
 pub use ipnet::IpNet;
 pub use isolation::{IsolationReport, Mechanism, probe_isolation};
 pub use memory::{
-    LocalMemory, LocalSnapshot, MEMORY_MARKER, MemoryMount, content_sha256, validate_memory_path,
+    LocalMemory, LocalSnapshot, MEMORY_MARKER, MarkerState, MemoryMount, content_sha256,
+    validate_memory_path,
 };
 pub use proxy::{EgressProxy, domain_allowed};
 pub use schema::tool_definitions;

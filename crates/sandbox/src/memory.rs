@@ -75,6 +75,19 @@ pub struct LocalSnapshot {
     pub ignored: Vec<String>,
 }
 
+/// The state of a store directory's marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkerState {
+    /// The marker names this store.
+    Ours,
+    /// The marker names another store: the folder is left alone.
+    Foreign,
+    /// No (readable) marker: the folder is downloaded again.
+    Missing,
+    /// The directory itself is gone: downloaded again.
+    Gone,
+}
+
 /// A store mounted in a directory.
 #[derive(Debug, Clone)]
 pub struct MemoryMount {
@@ -160,14 +173,45 @@ impl MemoryMount {
     /// True when the marker still names this store (a folder that lost it, or names another
     /// store, must be neither pushed nor deleted from).
     pub fn marker_ok(&self) -> bool {
+        self.marker_state() == MarkerState::Ours
+    }
+
+    /// What the store's directory says about itself.
+    pub fn marker_state(&self) -> MarkerState {
+        if !self.root.is_dir() {
+            return MarkerState::Gone;
+        }
         let Ok(mut f) = beneath::open_read(&self.root, &self.root.join(MEMORY_MARKER)) else {
-            return false;
+            return MarkerState::Missing;
         };
         let mut buf = Vec::new();
         if (&mut f).take(4096).read_to_end(&mut buf).is_err() {
-            return false;
+            return MarkerState::Missing;
         }
-        content_sha256(&buf) == content_sha256(marker_content(&self.store_id).as_bytes())
+        if content_sha256(&buf) == content_sha256(marker_content(&self.store_id).as_bytes()) {
+            MarkerState::Ours
+        } else if buf.starts_with(b"version ") {
+            MarkerState::Foreign
+        } else {
+            MarkerState::Missing
+        }
+    }
+
+    /// Recreate the directory and the marker after the folder vanished or lost its marker (the
+    /// store is then downloaded again, never treated as a mass delete).
+    pub fn restore(&self) -> Result<(), SandboxError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|e| SandboxError::io(format!("recreating {}", self.root.display()), e))?;
+        beneath::write_atomic(
+            &self.root,
+            &self.root.join(MEMORY_MARKER),
+            marker_content(&self.store_id).as_bytes(),
+            0o600,
+        )
+        .map_err(|e| SandboxError::io("writing the memory store marker", e))
     }
 
     fn local_path(&self, memory_path: &str) -> Result<PathBuf, SandboxError> {

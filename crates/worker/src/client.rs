@@ -11,6 +11,10 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 pub const MANAGED_AGENTS_BETA: &str = "managed-agents-2026-04-01";
 /// `anthropic-beta` of the skill download calls (added to the managed-agents one).
 pub const SKILLS_BETA: &str = "managed-agents-2026-04-01,skills-2025-10-02";
+/// `anthropic-beta` of the memory store calls (added to the managed-agents one).
+pub const MEMORY_BETA: &str = "managed-agents-2026-04-01,agent-memory-2026-07-22";
+/// Pages followed at most when listing a store (the server caps a store at 2000 memories).
+const MAX_MEMORY_PAGES: usize = 200;
 
 /// A failed API call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -375,6 +379,129 @@ impl ApiClient {
         tokio::time::timeout(self.timeout * 5, fut)
             .await
             .unwrap_or_else(|_| Err(ApiError::Transport("skill download timed out".into())))
+    }
+
+    /// Every memory of a store (`view=full` carries content, 20 a page; `basic` omits it, 100 a
+    /// page), following `next_page`.
+    pub async fn list_memories(
+        &self,
+        store_id: &str,
+        token: &str,
+        full: bool,
+    ) -> Result<Vec<Value>, ApiError> {
+        let path = format!("/v1/memory_stores/{store_id}/memories");
+        let beta = [("anthropic-beta", MEMORY_BETA)];
+        let (view, limit) = if full {
+            ("full", "20")
+        } else {
+            ("basic", "100")
+        };
+        let mut out = Vec::new();
+        let mut page: Option<String> = None;
+        for _ in 0..MAX_MEMORY_PAGES {
+            let mut q: Vec<(&str, String)> = vec![("view", view.into()), ("limit", limit.into())];
+            if let Some(p) = &page {
+                q.push(("page", p.clone()));
+            }
+            let v = self
+                .call(http::Method::GET, &path, token, &q, &beta, None, None)
+                .await?;
+            let Some(data) = v.get("data").and_then(Value::as_array) else {
+                return Err(ApiError::Decode("memories list without `data`".into()));
+            };
+            // Rollups of a prefix are not memories.
+            out.extend(
+                data.iter()
+                    .filter(|m| m.get("type").and_then(Value::as_str) == Some("memory"))
+                    .cloned(),
+            );
+            match v.get("next_page").and_then(Value::as_str) {
+                Some(p) if !p.is_empty() && !data.is_empty() => page = Some(p.to_string()),
+                _ => return Ok(out),
+            }
+        }
+        Err(ApiError::Decode(format!(
+            "memory store {store_id}: more than {MAX_MEMORY_PAGES} pages"
+        )))
+    }
+
+    /// `GET /v1/memory_stores/{store}/memories/{id}` (with content).
+    pub async fn get_memory(
+        &self,
+        store_id: &str,
+        memory_id: &str,
+        token: &str,
+    ) -> Result<Value, ApiError> {
+        let path = format!("/v1/memory_stores/{store_id}/memories/{memory_id}");
+        let beta = [("anthropic-beta", MEMORY_BETA)];
+        self.call(http::Method::GET, &path, token, &[], &beta, None, None)
+            .await
+    }
+
+    /// `POST /v1/memory_stores/{store}/memories` `{path, content}`.
+    pub async fn create_memory(
+        &self,
+        store_id: &str,
+        token: &str,
+        memory_path: &str,
+        content: &str,
+    ) -> Result<Value, ApiError> {
+        let path = format!("/v1/memory_stores/{store_id}/memories");
+        let beta = [("anthropic-beta", MEMORY_BETA)];
+        let body = serde_json::json!({ "path": memory_path, "content": content });
+        self.call(
+            http::Method::POST,
+            &path,
+            token,
+            &[],
+            &beta,
+            Some(&body),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/memory_stores/{store}/memories/{id}` with a `content_sha256` precondition: the
+    /// server refuses (409) when the memory changed since `expected_sha256`.
+    pub async fn update_memory(
+        &self,
+        store_id: &str,
+        memory_id: &str,
+        token: &str,
+        content: &str,
+        expected_sha256: &str,
+    ) -> Result<Value, ApiError> {
+        let path = format!("/v1/memory_stores/{store_id}/memories/{memory_id}");
+        let beta = [("anthropic-beta", MEMORY_BETA)];
+        let body = serde_json::json!({
+            "content": content,
+            "precondition": {"type": "content_sha256", "content_sha256": expected_sha256},
+        });
+        self.call(
+            http::Method::POST,
+            &path,
+            token,
+            &[],
+            &beta,
+            Some(&body),
+            None,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/memory_stores/{store}/memories/{id}?expected_content_sha256=…`.
+    pub async fn delete_memory(
+        &self,
+        store_id: &str,
+        memory_id: &str,
+        token: &str,
+        expected_sha256: &str,
+    ) -> Result<Value, ApiError> {
+        let path = format!("/v1/memory_stores/{store_id}/memories/{memory_id}");
+        let beta = [("anthropic-beta", MEMORY_BETA)];
+        let q = [("expected_content_sha256", expected_sha256.to_string())];
+        self.call(http::Method::DELETE, &path, token, &q, &beta, None, None)
+            .await
     }
 
     /// Opens `GET /v1/sessions/{id}/events/stream` and returns a stream of parsed events.

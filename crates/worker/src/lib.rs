@@ -23,6 +23,7 @@
 //! ([`Worker::status`]).
 
 mod client;
+pub mod memory;
 mod runner;
 
 use std::collections::VecDeque;
@@ -36,7 +37,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use client::{ANTHROPIC_VERSION, ApiClient, ApiError, MANAGED_AGENTS_BETA};
+pub use client::{ANTHROPIC_VERSION, ApiClient, ApiError, MANAGED_AGENTS_BETA, MEMORY_BETA};
+pub use memory::{DeletionMode, MemoryConfig, MemoryResource, MemoryRoot};
 
 /// Default API base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -98,6 +100,8 @@ pub struct WorkerConfig {
     pub empty_poll_sleep: (Duration, Duration),
     /// Timeout of each non-streaming request.
     pub request_timeout: Duration,
+    /// Memory stores (`sync_interval: None` runs sessions without them).
+    pub memory: MemoryConfig,
 }
 
 impl WorkerConfig {
@@ -113,6 +117,7 @@ impl WorkerConfig {
             reclaim_older_than_ms: None,
             empty_poll_sleep: (Duration::from_secs(1), Duration::from_secs(3)),
             request_timeout: Duration::from_secs(60),
+            memory: MemoryConfig::default(),
         }
     }
 }
@@ -159,6 +164,9 @@ pub struct SessionContext {
     pub environment_id: String,
     /// The session object from `GET /v1/sessions/{id}` (agent, skills, metadata, resources).
     pub session: Value,
+    /// Memory store directories, already downloaded: the tools must see them at these paths
+    /// (read-only ones read-only).
+    pub memory: Vec<MemoryRoot>,
 }
 
 /// Opens the tools of one session. Implemented by the sandbox.
@@ -583,6 +591,7 @@ impl Worker {
         if item.secret.is_some() && sessions_token.is_none() {
             tracing::warn!(work_id = %item.id, "work item secret carried no usable sessions token; using the environment key");
         }
+        let has_sessions_token = sessions_token.is_some();
         let cred = sessions_token.unwrap_or(env_key);
         let lease = Lease::new();
         let hb = tokio::spawn(heartbeat_loop(
@@ -600,7 +609,9 @@ impl Worker {
             });
         });
 
-        let outcome = self.serve(&item, &cred, &lease, &cancel).await;
+        let outcome = self
+            .serve(&item, &cred, has_sessions_token, &lease, &cancel)
+            .await;
         if let Err(msg) = &outcome {
             tracing::error!(work_id = %item.id, error = %msg, "work item failed");
             self.update(|s| s.last_error = Some(msg.clone()));
@@ -630,6 +641,7 @@ impl Worker {
         &self,
         item: &WorkItem,
         cred: &str,
+        has_sessions_token: bool,
         lease: &Lease,
         cancel: &CancellationToken,
     ) -> Result<(), String> {
@@ -654,17 +666,53 @@ impl Worker {
             tracing::info!(session_id = %item.data_id, "session already terminated; nothing to run");
             return Ok(());
         }
+        let resources = if self.cfg.memory.sync_interval.is_some() {
+            memory::memory_resources(&session)?
+        } else {
+            Vec::new()
+        };
+        if !resources.is_empty() && !has_sessions_token {
+            return Err("the session has memory stores but the work item carried no sessions token, and the memory endpoints reject the environment key".into());
+        }
+        // Not raced against the lease: a half-made mount would leave directories behind that
+        // block the next one. Its calls are bounded by the request timeout.
+        let mut memory = if resources.is_empty() {
+            None
+        } else {
+            Some(
+                memory::MemorySession::mount(
+                    self.api.clone(),
+                    cred.to_string(),
+                    self.cfg.memory.clone(),
+                    &resources,
+                )
+                .await?,
+            )
+        };
         let session_for_skills = session.clone();
         let ctx = SessionContext {
             session_id: item.data_id.clone(),
             work_id: item.id.clone(),
             environment_id: item.environment_id.clone(),
             session,
+            memory: memory.as_ref().map(|m| m.roots()).unwrap_or_default(),
         };
-        let mut tools = tokio::select! {
-            _ = lease.ended().cancelled() => return Ok(()),
-            _ = cancel.cancelled() => return Ok(()),
-            r = self.executor.open_session(ctx) => r.map_err(|e| format!("opening the session's tools: {e}"))?,
+        let opened = tokio::select! {
+            _ = lease.ended().cancelled() => None,
+            _ = cancel.cancelled() => None,
+            r = self.executor.open_session(ctx) => Some(r),
+        };
+        let mut tools = match opened {
+            Some(Ok(t)) => t,
+            other => {
+                if let Some(m) = memory.take() {
+                    m.finish(false).await;
+                }
+                return match other {
+                    Some(Err(e)) => Err(format!("opening the session's tools: {e}")),
+                    _ => Ok(()),
+                };
+            }
         };
         for skill in ctx_skills(&session_for_skills) {
             tokio::select! {
@@ -677,9 +725,21 @@ impl Worker {
                 }
             }
         }
-        let result =
-            runner::run_session(self, &item.data_id, cred, &mut tools, lease, cancel).await;
+        let result = runner::run_session(
+            self,
+            &item.data_id,
+            cred,
+            &mut tools,
+            memory.as_mut(),
+            lease,
+            cancel,
+        )
+        .await;
         tools.close().await;
+        if let Some(m) = memory {
+            let clean = result.is_ok() && lease.reason().is_none() && !cancel.is_cancelled();
+            m.finish(clean).await;
+        }
         result
     }
 }

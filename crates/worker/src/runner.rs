@@ -11,6 +11,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::StreamItem;
+use crate::memory::MemorySession;
 use crate::{
     Lease, SEND_BACKOFF_CAP, STREAM_BACKOFF_CAP, STREAM_BACKOFF_START, SessionTools, ToolCallInfo,
     ToolCallRecord, ToolOutput, Worker, jitter, now_ms,
@@ -254,6 +255,7 @@ pub(crate) async fn run_session(
     session_id: &str,
     cred: &str,
     tools: &mut Box<dyn SessionTools>,
+    memory: Option<&mut MemorySession>,
     lease: &Lease,
     cancel: &CancellationToken,
 ) -> Result<(), String> {
@@ -279,7 +281,7 @@ pub(crate) async fn run_session(
     };
     let (stream_res, _, _, _) = tokio::join!(
         stream_loop(&ctx, tx),
-        dispatch_loop(&ctx, rx, tools),
+        dispatch_loop(&ctx, rx, tools, memory),
         idle_watchdog(&ctx),
         stopper
     );
@@ -505,6 +507,7 @@ async fn dispatch_loop(
     ctx: &Ctx<'_>,
     mut rx: mpsc::Receiver<(Value, Option<&'static str>)>,
     tools: &mut Box<dyn SessionTools>,
+    mut memory: Option<&mut MemorySession>,
 ) {
     loop {
         let (ev, confirmation) = tokio::select! {
@@ -518,6 +521,13 @@ async fn dispatch_loop(
         };
         if !skip {
             execute(ctx, &ev, confirmation, tools).await;
+            // Memory follows the tools' writes, at most every sync interval.
+            if let Some(m) = memory.as_deref_mut() {
+                tokio::select! {
+                    _ = ctx.stop.cancelled() => return,
+                    _ = m.sync_if_due() => {}
+                }
+            }
         }
         if confirmation == Some("allow") {
             ctx.lock().idle.release();
