@@ -10,6 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+use crate::memory::{MAX_PAGE_BASIC, MAX_PAGE_FULL, MemoryQuery, parse_page_cursor};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio_stream::wrappers::BroadcastStream;
@@ -18,6 +20,8 @@ use crate::store::{Caller, DEFAULT_RECLAIM_MS, Error, EventQuery, Store};
 
 /// The beta every call of this API carries in `anthropic-beta`.
 pub const MANAGED_AGENTS_BETA: &str = "managed-agents-2026-04-01";
+/// The beta of the memory store endpoints (which also accept [`MANAGED_AGENTS_BETA`]).
+pub const AGENT_MEMORY_BETA: &str = "agent-memory-2026-07-22";
 
 /// The router serving the work queue and sessions API over `store`.
 pub fn router(store: Store) -> Router {
@@ -43,6 +47,19 @@ pub fn router(store: Store) -> Router {
             get(list_events).post(send_events),
         )
         .route("/v1/sessions/{sid}/events/stream", get(stream_events))
+        .route(
+            "/v1/memory_stores",
+            post(create_memory_store).get(list_memory_stores),
+        )
+        .route("/v1/memory_stores/{store}", get(get_memory_store))
+        .route(
+            "/v1/memory_stores/{store}/memories",
+            get(list_memories).post(create_memory),
+        )
+        .route(
+            "/v1/memory_stores/{store}/memories/{mem}",
+            get(get_memory).post(update_memory).delete(delete_memory),
+        )
         .fallback(not_found)
         .with_state(store)
 }
@@ -76,6 +93,22 @@ impl From<Error> for ApiError {
             Error::Invalid(m) => ApiError::invalid(m),
             Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict_error", m),
             Error::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "permission_error", m),
+            Error::PreconditionFailed(m) => {
+                ApiError::new(StatusCode::CONFLICT, "memory_precondition_failed_error", m)
+            }
+            Error::PathConflict {
+                message,
+                memory_id,
+                path,
+            } => {
+                let mut err =
+                    ApiError::new(StatusCode::CONFLICT, "memory_path_conflict_error", message);
+                err.extra = Some(json!({
+                    "conflicting_memory_id": memory_id,
+                    "conflicting_path": path,
+                }));
+                err
+            }
             Error::LeaseMismatch(state) => {
                 let mut err = ApiError::new(
                     StatusCode::PRECONDITION_FAILED,
@@ -118,6 +151,15 @@ async fn not_found() -> ApiError {
 
 /// Checks the version/beta headers and resolves the credential.
 async fn caller(store: &Store, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    caller_with(store, headers, &[MANAGED_AGENTS_BETA]).await
+}
+
+/// Like [`caller`], accepting any of `betas` in `anthropic-beta` (comma-separated or repeated).
+async fn caller_with(
+    store: &Store,
+    headers: &HeaderMap,
+    betas: &[&str],
+) -> Result<Caller, ApiError> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -157,10 +199,15 @@ async fn caller(store: &Store, headers: &HeaderMap) -> Result<Caller, ApiError> 
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|b| b.trim() == MANAGED_AGENTS_BETA);
+        .any(|b| betas.contains(&b.trim()));
     if !beta_ok {
+        let want = betas
+            .iter()
+            .map(|b| format!("`{b}`"))
+            .collect::<Vec<_>>()
+            .join(" or ");
         return Err(ApiError::invalid(format!(
-            "anthropic-beta: this endpoint is in beta; send `{MANAGED_AGENTS_BETA}`"
+            "anthropic-beta: this endpoint is in beta; send {want}"
         )));
     }
     Ok(c)
@@ -523,4 +570,198 @@ async fn stream_events(
         .interval(store.options().stream_keepalive)
         .event(Event::default().event("ping").data("{\"type\":\"ping\"}"));
     Ok(Sse::new(stream).keep_alive(keepalive).into_response())
+}
+
+/// Resolves the caller of a memory endpoint: the API key or a sessions token; the environment
+/// key is refused as the API documents.
+async fn memory_caller(store: &Store, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let c = caller_with(store, headers, &[AGENT_MEMORY_BETA, MANAGED_AGENTS_BETA]).await?;
+    if matches!(c, Caller::Worker { .. }) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            crate::memory::ENV_KEY_REFUSED,
+        ));
+    }
+    Ok(c)
+}
+
+fn json_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("body: invalid JSON: {e}")))
+}
+
+async fn create_memory_store(
+    State(store): State<Store>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let c = memory_caller(&store, &headers).await?;
+    let Caller::Api { env } = &c else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "creating a memory store requires the API key (x-api-key)",
+        ));
+    };
+    let v = json_body(&body)?;
+    Ok(Json(store.create_memory_store(env, v).await?).into_response())
+}
+
+async fn list_memory_stores(
+    State(store): State<Store>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let c = memory_caller(&store, &headers).await?;
+    let Caller::Api { env } = &c else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "listing memory stores requires the API key (x-api-key)",
+        ));
+    };
+    let pairs = query_pairs(&q);
+    let limit = match query_u64(&pairs, "limit")? {
+        None => 20,
+        Some(l @ 1..=100) => l as usize,
+        Some(_) => return Err(ApiError::invalid("limit: must be between 1 and 100")),
+    };
+    let offset = match pairs.iter().find(|(k, _)| k == "page") {
+        None => 0,
+        Some((_, p)) if p.is_empty() => 0,
+        Some((_, p)) => p
+            .strip_prefix("page_")
+            .and_then(|n| n.parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| ApiError::invalid("page: not a cursor returned by this API"))?,
+    };
+    Ok(Json(store.list_memory_stores(env, limit, offset).await?).into_response())
+}
+
+async fn get_memory_store(
+    State(store): State<Store>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let c = memory_caller(&store, &headers).await?;
+    Ok(Json(store.get_memory_store(&c, &id).await?).into_response())
+}
+
+fn view_full(pairs: &[(String, String)], default_full: bool) -> Result<bool, ApiError> {
+    match pairs
+        .iter()
+        .find(|(k, _)| k == "view")
+        .map(|(_, v)| v.as_str())
+    {
+        None | Some("") => Ok(default_full),
+        Some("basic") => Ok(false),
+        Some("full") => Ok(true),
+        Some(_) => Err(ApiError::invalid("view: basic or full")),
+    }
+}
+
+async fn list_memories(
+    State(store): State<Store>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let c = memory_caller(&store, &headers).await?;
+    let pairs = query_pairs(&q);
+    let full = view_full(&pairs, false)?;
+    let limit = match query_u64(&pairs, "limit")? {
+        None => 20,
+        Some(l) if (1..=MAX_PAGE_BASIC as u64).contains(&l) => l as usize,
+        Some(_) => {
+            return Err(ApiError::invalid(format!(
+                "limit: must be between 1 and {MAX_PAGE_BASIC}"
+            )));
+        }
+    };
+    // A full page holds at most 20 memories, whatever the limit.
+    let limit = if full {
+        limit.min(MAX_PAGE_FULL)
+    } else {
+        limit
+    };
+    let after = match pairs.iter().find(|(k, _)| k == "page") {
+        None => None,
+        Some((_, p)) if p.is_empty() => None,
+        Some((_, p)) => Some(parse_page_cursor(p)?),
+    };
+    let prefix = match pairs.iter().find(|(k, _)| k == "path_prefix") {
+        None => "/".to_string(),
+        Some((_, p)) if p.is_empty() => "/".to_string(),
+        Some((_, p)) => {
+            if p != "/" {
+                crate::memory::validate_memory_path(
+                    "path_prefix",
+                    p.strip_suffix('/').unwrap_or(p),
+                )?;
+            }
+            if !p.ends_with('/') {
+                return Err(ApiError::invalid(
+                    "path_prefix: must end with `/` (it matches whole segments, e.g. /notes/)",
+                ));
+            }
+            p.clone()
+        }
+    };
+    let depth = query_u64(&pairs, "depth")?.unwrap_or(0);
+    let depth = usize::try_from(depth).unwrap_or(usize::MAX);
+    let query = MemoryQuery {
+        full,
+        limit,
+        after,
+        prefix,
+        depth,
+    };
+    Ok(Json(store.list_memories(&c, &id, query).await?).into_response())
+}
+
+async fn create_memory(
+    State(store): State<Store>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let c = memory_caller(&store, &headers).await?;
+    let v = json_body(&body)?;
+    Ok(Json(store.create_memory(&c, &id, v).await?).into_response())
+}
+
+async fn get_memory(
+    State(store): State<Store>,
+    Path((id, mem)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let c = memory_caller(&store, &headers).await?;
+    let full = view_full(&query_pairs(&q), true)?;
+    Ok(Json(store.get_memory(&c, &id, &mem, full).await?).into_response())
+}
+
+async fn update_memory(
+    State(store): State<Store>,
+    Path((id, mem)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let c = memory_caller(&store, &headers).await?;
+    let v = json_body(&body)?;
+    Ok(Json(store.update_memory(&c, &id, &mem, v).await?).into_response())
+}
+
+async fn delete_memory(
+    State(store): State<Store>,
+    Path((id, mem)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let c = memory_caller(&store, &headers).await?;
+    let expected = query_pairs(&q)
+        .into_iter()
+        .find(|(k, v)| k == "expected_content_sha256" && !v.is_empty())
+        .map(|(_, v)| v);
+    Ok(Json(store.delete_memory(&c, &id, &mem, expected).await?).into_response())
 }

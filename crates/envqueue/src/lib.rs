@@ -24,7 +24,12 @@
 //! All SQLite work runs on blocking threads; long-poll waiters and SSE subscribers are bounded.
 
 mod api;
+mod memory;
 mod store;
 
-pub use api::router;
+pub use api::{AGENT_MEMORY_BETA, MANAGED_AGENTS_BETA, router};
+pub use memory::{
+    MAX_CONTENT_BYTES, MAX_MEMORIES_PER_STORE, MAX_PAGE_BASIC, MAX_PAGE_FULL, MAX_PATH_BYTES,
+    MAX_SESSION_STORES,
+};
 pub use store::{EnvironmentCredentials, Error, Store, StoreOptions};

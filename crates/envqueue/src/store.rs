@@ -64,6 +64,18 @@ pub enum Error {
         "expected_last_heartbeat does not match the stored heartbeat; another worker may hold the lease"
     )]
     LeaseMismatch(Value),
+    /// A memory update or delete whose `content_sha256` precondition did not hold.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// A memory create or rename onto a path another memory uses (or overlaps).
+    #[error("{message}")]
+    PathConflict {
+        message: String,
+        /// The memory in the way.
+        memory_id: String,
+        /// Its path.
+        path: String,
+    },
     #[error("internal: {0}")]
     Internal(String),
     #[error("cannot create the state directory {path}: {source}")]
@@ -186,6 +198,41 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_session ON events(session_id, seq);
 CREATE INDEX IF NOT EXISTS events_ref ON events(session_id, type, ref_id);
+CREATE TABLE IF NOT EXISTS memory_stores (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    environment_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS memories (
+    id TEXT PRIMARY KEY,
+    store_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    content TEXT NOT NULL,
+    content_sha256 TEXT NOT NULL,
+    content_size INTEGER NOT NULL,
+    version_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (store_id, path)
+);
+CREATE TABLE IF NOT EXISTS session_resources (
+    session_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    memory_store_id TEXT NOT NULL,
+    access TEXT NOT NULL,
+    mount_path TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    instructions TEXT,
+    PRIMARY KEY (session_id, position)
+);
+CREATE INDEX IF NOT EXISTS session_resources_store ON session_resources(session_id, memory_store_id);
 "#;
 
 fn now_ms() -> i64 {
@@ -220,7 +267,7 @@ pub(crate) fn rfc3339_us(us: i64) -> String {
     }
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     rfc3339_us(now_us())
 }
 
@@ -848,13 +895,7 @@ impl Store {
                 "environment {env_in_body} not found"
             )));
         }
-        if let Some(res) = body.get("resources").and_then(Value::as_array)
-            && !res.is_empty()
-        {
-            return Err(Error::Invalid(format!(
-                "Environment {env} is a self-hosted environment. `resources` are not supported by this queue."
-            )));
-        }
+        let resources = crate::memory::parse_resources(env, body.get("resources"))?;
         let agent = agent_snapshot(body.get("agent"))?;
         let metadata = match body.get("metadata") {
             None | Some(Value::Null) => json!({}),
@@ -878,6 +919,7 @@ impl Store {
                      VALUES (?1, ?2, 'idle', ?3, ?4, ?5, ?6, ?6)",
                     params![sid, env, agent.to_string(), metadata.to_string(), title, now],
                 )?;
+                crate::memory::attach_resources(&tx, &env, &sid, &resources)?;
                 insert_work(&tx, &env, &sid, ttl)?;
                 let s = session_json(&tx, &sid)?;
                 tx.commit()?;
@@ -1150,6 +1192,7 @@ fn check_session_access(c: &Connection, caller: &Caller, sid: &str) -> Result<()
 }
 
 fn session_json(c: &Connection, sid: &str) -> Result<Value, Error> {
+    let resources = crate::memory::session_resources(c, sid)?;
     c.query_row(
         "SELECT id, environment_id, status, agent, metadata, title, created_at, updated_at, archived_at \
          FROM sessions WHERE id = ?1",
@@ -1171,7 +1214,7 @@ fn session_json(c: &Connection, sid: &str) -> Result<Value, Error> {
                 "budget": null,
                 "deployment_id": null,
                 "outcome_evaluations": [],
-                "resources": [],
+                "resources": resources,
                 "stats": {"active_seconds": null, "duration_seconds": null},
                 "usage": {},
                 "vault_ids": [],
