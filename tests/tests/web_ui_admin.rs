@@ -363,8 +363,37 @@ fn a_new_cloudflared_token_restarts_the_connector() {
     // One connector at a time: the first stand-in is gone.
     let running: Vec<_> = airlock_e2e::descendants_matching(agent.pid(), "sleep 600");
     assert_eq!(running.len(), 1, "{running:?}");
+
+    // The CLI hands a token to the running agent, which restarts cloudflared with it too.
+    let third = "eyJhIjoidGhpcmQtdG9rZW4ifQ";
+    let mut cmd = agent.home.airlock();
+    cmd.args(["tunnel", "set-token"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("airlock tunnel set-token");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{third}").expect("write the token");
+    }
+    let out = child.wait_with_output().expect("set-token output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        !agent.stderr_log().contains(CF_TOKEN) && !agent.stderr_log().contains(second),
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("restarted cloudflared"), "{stdout}");
+    assert!(!stdout.contains(third), "the CLI echoed the token");
+    wait_for(
+        Duration::from_secs(30),
+        "cloudflared restarted with the token from the CLI",
+        || (seen_lines() == [CF_TOKEN, second, third]).then_some(()),
+    );
+    let log = agent.stderr_log();
+    assert!(
+        !log.contains(CF_TOKEN) && !log.contains(second) && !log.contains(third),
         "a token was logged"
     );
 }

@@ -1228,6 +1228,23 @@ async fn tunnel(
                             .into(),
                 });
             }
+            // A running agent stores it and (re)starts cloudflared with it at once.
+            if let Ok(client) = ControlClient::connect(home) {
+                let v = client
+                    .post("/v1/tunnel/token", &json!({ "token": token }))
+                    .await?;
+                let backend = v["keystore"].as_str().unwrap_or("agent's");
+                if v["cloudflared_restarted"].as_bool() == Some(true) {
+                    say!(
+                        "cloudflared token stored in the {backend} keystore; the running agent restarted cloudflared with it"
+                    );
+                } else {
+                    say!(
+                        "cloudflared token stored in the {backend} keystore; the running agent has no Anthropic tunnel configured (see `airlock tunnel import`)"
+                    );
+                }
+                return Ok(());
+            }
             let cfg = config::load(&home.config_path()).map_err(anyhow::Error::from)?;
             let ks =
                 airlock_agent::home::open_keystore(home, cfg.keystore.backend.as_deref(), keystore)
@@ -1240,7 +1257,7 @@ async fn tunnel(
                     message: e.to_string(),
                 })?;
             say!(
-                "cloudflared token stored in the {} keystore; restart `airlock up` to connect",
+                "cloudflared token stored in the {} keystore; `airlock up` connects with it",
                 ks.backend()
             );
         }
