@@ -130,8 +130,16 @@ impl MemoryMount {
             )));
         }
         if let Some(parent) = mount_path.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| SandboxError::io(format!("creating {}", parent.display()), e))?;
+            fs::create_dir_all(parent).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    SandboxError::Config(format!(
+                        "memory stores are mounted under {0}, which this user cannot write: run `sudo mkdir -p {0} && sudo chown \"$USER\" {0}` once",
+                        parent.display()
+                    ))
+                } else {
+                    SandboxError::io(format!("creating {}", parent.display()), e)
+                }
+            })?;
         }
         fs::DirBuilder::new()
             .mode(0o700)
