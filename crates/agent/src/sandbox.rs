@@ -720,6 +720,8 @@ pub async fn isolation() -> IsolationReport {
             landlock: false,
             landlock_problem: None,
             seccomp: false,
+            seatbelt: None,
+            seatbelt_problem: None,
             cgroup: airlock_sandbox::CgroupSupport::Unavailable {
                 reason: "not probed".into(),
             },
@@ -754,6 +756,11 @@ fn isolation_problem(r: &IsolationReport) -> String {
         _ => {}
     }
     if let Some(p) = &r.landlock_problem {
+        parts.push(p.clone());
+    }
+    if r.platform == "macos"
+        && let Some(p) = &r.seatbelt_problem
+    {
         parts.push(p.clone());
     }
     if parts.is_empty() {
@@ -937,6 +944,8 @@ mod tests {
             landlock: false,
             landlock_problem: Some("Landlock is Linux-only".into()),
             seccomp: false,
+            seatbelt: None,
+            seatbelt_problem: None,
             cgroup: airlock_sandbox::CgroupSupport::Unavailable {
                 reason: "no cgroups".into(),
             },
@@ -1037,5 +1046,72 @@ mod tests {
             .run_tool("bash", &json!({"command": "true"}), c())
             .await;
         assert!(out.is_error, "a closed session runs nothing");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_stores_are_seen_by_the_tools_and_read_only_ones_refuse_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let rw = root.join("mnt/memory/prefs");
+        let ro = root.join("mnt/memory/team");
+        std::fs::create_dir_all(&rw).unwrap();
+        std::fs::create_dir_all(&ro).unwrap();
+        std::fs::write(ro.join("rules.md"), "be kind").unwrap();
+        let ex = SandboxExecutor::new(
+            &root.join("airlock"),
+            SandboxSection::default(),
+            None,
+            Vec::new(),
+        );
+        let memory = vec![
+            airlock_worker::MemoryRoot {
+                path: rw.clone(),
+                read_only: false,
+                store_id: "memstore_rw".into(),
+            },
+            airlock_worker::MemoryRoot {
+                path: ro.clone(),
+                read_only: true,
+                store_id: "memstore_ro".into(),
+            },
+        ];
+        let ctx = SessionContext {
+            session_id: "sesn_mem".into(),
+            work_id: "work_1".into(),
+            environment_id: "env_1".into(),
+            session: json!({}),
+            memory,
+        };
+        let mut tools = ex.open_session(ctx).await.unwrap();
+        let c = CancellationToken::new;
+        let cmd = format!(
+            "cat {0}/rules.md && echo learned > {1}/today.md",
+            ro.display(),
+            rw.display()
+        );
+        let out = tools
+            .run_tool("bash", &json!({ "command": cmd }), c())
+            .await;
+        assert!(!out.is_error, "{out:?}");
+        assert_eq!(out.content[0]["text"], "be kind");
+        assert_eq!(
+            std::fs::read_to_string(rw.join("today.md")).unwrap(),
+            "learned\n"
+        );
+        let p = ro.join("rules.md").display().to_string();
+        let out = tools
+            .run_tool("write", &json!({"file_path": p, "content": "x"}), c())
+            .await;
+        assert!(out.is_error, "a read-only store was written: {out:?}");
+        let cmd = format!("echo x > {}/rules.md", ro.display());
+        let out = tools
+            .run_tool("bash", &json!({ "command": cmd }), c())
+            .await;
+        assert!(out.is_error, "{out:?}");
+        assert_eq!(
+            std::fs::read_to_string(ro.join("rules.md")).unwrap(),
+            "be kind"
+        );
+        tools.close().await;
     }
 }
