@@ -19,23 +19,26 @@ pub(crate) const INNER_PROXY_ADDR: &str = "127.0.0.1:3128";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mechanism {
-    /// The best available: bubblewrap, else Landlock + seccomp.
+    /// The best available: bubblewrap, else Landlock + seccomp (Linux); Seatbelt (macOS).
     Auto,
     /// bubblewrap namespaces and mounts.
     Bubblewrap,
     /// Landlock + seccomp applied by the `airlock-sandbox-exec` helper.
     Landlock,
+    /// A Seatbelt profile applied by `/usr/bin/sandbox-exec` (macOS only).
+    Seatbelt,
     /// No OS sandbox at all (explicit opt-in only).
     Unconfined,
 }
 
 impl Mechanism {
-    /// `bubblewrap`, `landlock`, `unconfined` or `auto`.
+    /// `bubblewrap`, `landlock`, `seatbelt`, `unconfined` or `auto`.
     pub fn as_str(self) -> &'static str {
         match self {
             Mechanism::Auto => "auto",
             Mechanism::Bubblewrap => "bubblewrap",
             Mechanism::Landlock => "landlock",
+            Mechanism::Seatbelt => "seatbelt",
             Mechanism::Unconfined => "unconfined",
         }
     }
@@ -58,6 +61,10 @@ pub struct IsolationReport {
     pub landlock_problem: Option<String>,
     /// The kernel has seccomp filters.
     pub seccomp: bool,
+    /// Path of `sandbox-exec` (macOS), when found.
+    pub seatbelt: Option<PathBuf>,
+    /// Why Seatbelt is not available.
+    pub seatbelt_problem: Option<String>,
     /// Per-session cgroup limits.
     pub cgroup: CgroupSupport,
     /// What [`Mechanism::Auto`] picks (`None`: nothing, the worker must refuse or run
@@ -186,10 +193,20 @@ fn probe_with(cgroup_parent: Option<&Path>) -> IsolationReport {
     let (bubblewrap, bubblewrap_works, bubblewrap_problem, landlock, landlock_problem) =
         probe_mechanisms();
     let seccomp = platform == "linux" && probe_seccomp();
+    let (seatbelt, seatbelt_problem) = if cfg!(target_os = "macos") {
+        match crate::seatbelt::find_sandbox_exec() {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e)),
+        }
+    } else {
+        (None, Some("Seatbelt is macOS-only".to_owned()))
+    };
     let best = if bubblewrap_works {
         Some(Mechanism::Bubblewrap)
     } else if landlock && seccomp {
         Some(Mechanism::Landlock)
+    } else if seatbelt.is_some() {
+        Some(Mechanism::Seatbelt)
     } else {
         None
     };
@@ -201,6 +218,8 @@ fn probe_with(cgroup_parent: Option<&Path>) -> IsolationReport {
         landlock,
         landlock_problem,
         seccomp,
+        seatbelt,
+        seatbelt_problem,
         cgroup: cgroup::detect(cgroup_parent),
         best,
     }
@@ -210,7 +229,9 @@ fn probe_with(cgroup_parent: Option<&Path>) -> IsolationReport {
 pub(crate) struct LaunchPlan {
     pub(crate) mechanism: Mechanism,
     bwrap: Option<PathBuf>,
+    sandbox_exec: Option<PathBuf>,
     helper: Option<PathBuf>,
+    home: Option<PathBuf>,
     read_only: Vec<PathBuf>,
     writable: Vec<PathBuf>,
     protected: Vec<PathBuf>,
@@ -337,6 +358,11 @@ pub(crate) fn prepare(cfg: &SandboxConfig) -> Result<Prepared, SandboxError> {
         Mechanism::Auto => match report.best {
             Some(m) => m,
             None if cfg.unconfined => Mechanism::Unconfined,
+            None if cfg!(target_os = "macos") => {
+                return Err(SandboxError::NoIsolation(
+                    report.seatbelt_problem.unwrap_or_default(),
+                ));
+            }
             None => {
                 return Err(SandboxError::NoIsolation(format!(
                     "{}; {}",
@@ -347,6 +373,12 @@ pub(crate) fn prepare(cfg: &SandboxConfig) -> Result<Prepared, SandboxError> {
                 )));
             }
         },
+        Mechanism::Seatbelt if report.seatbelt.is_none() => {
+            return Err(SandboxError::MechanismUnavailable {
+                mechanism: Mechanism::Seatbelt,
+                reason: report.seatbelt_problem.unwrap_or_default(),
+            });
+        }
         Mechanism::Bubblewrap if !report.bubblewrap_works => {
             return Err(SandboxError::MechanismUnavailable {
                 mechanism: Mechanism::Bubblewrap,
@@ -424,7 +456,9 @@ pub(crate) fn prepare(cfg: &SandboxConfig) -> Result<Prepared, SandboxError> {
         launch_plan: LaunchPlan {
             mechanism,
             bwrap: report.bubblewrap,
+            sandbox_exec: report.seatbelt,
             helper,
+            home,
             read_only,
             writable,
             protected: protected.clone(),
@@ -452,14 +486,17 @@ impl LaunchPlan {
         cfg: &SandboxConfig,
         workdir: &Path,
         proxy_socket: Option<PathBuf>,
+        proxy_port: Option<u16>,
         cgroup: Option<&SessionCgroup>,
     ) -> Result<Launch, SandboxError> {
         let bash = cfg.bash_path.clone();
+        let path = if self.mechanism == Mechanism::Seatbelt {
+            "/opt/homebrew/bin:/opt/homebrew/sbin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+        } else {
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        };
         let mut env: Vec<(String, String)> = vec![
-            (
-                "PATH".into(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            ),
+            ("PATH".into(), path.into()),
             ("HOME".into(), workdir.display().to_string()),
             (
                 "LANG".into(),
@@ -477,8 +514,14 @@ impl LaunchPlan {
             None => "/tmp".into(),
         };
         env.push(("TMPDIR".into(), tmp));
-        if proxy_socket.is_some() {
-            let url = format!("http://{INNER_PROXY_ADDR}");
+        let proxy_url = match (self.mechanism, proxy_port) {
+            (Mechanism::Seatbelt, Some(port)) => Some(format!("http://127.0.0.1:{port}")),
+            (Mechanism::Seatbelt, None) => None,
+            _ => proxy_socket
+                .as_ref()
+                .map(|_| format!("http://{INNER_PROXY_ADDR}")),
+        };
+        if let Some(url) = proxy_url {
             for k in [
                 "HTTP_PROXY",
                 "HTTPS_PROXY",
@@ -572,6 +615,22 @@ impl LaunchPlan {
                 a.push(os("--"));
                 a.extend(shell_argv);
                 (helper, a)
+            }
+            Mechanism::Seatbelt => {
+                let sandbox_exec = self.sandbox_exec.clone().ok_or_else(|| {
+                    SandboxError::Config("sandbox-exec disappeared after the probe".into())
+                })?;
+                let profile = crate::seatbelt::profile(&crate::seatbelt::SeatbeltPolicy {
+                    workdir: workdir.to_path_buf(),
+                    writable_roots: self.writable.clone(),
+                    read_only_paths: self.read_only.clone(),
+                    private_tmp: self.private_tmp.clone(),
+                    user_home: self.home.clone(),
+                    proxy_port,
+                })?;
+                let mut a = vec![os("-p"), os(profile)];
+                a.extend(shell_argv);
+                (sandbox_exec, a)
             }
             Mechanism::Unconfined | Mechanism::Auto => (bash.clone(), shell_argv[1..].to_vec()),
         };
@@ -738,7 +797,7 @@ fn bwrap_supports(bwrap: Option<&Path>, flag: &str) -> bool {
 }
 
 /// Entries of `/etc` that hold secrets: masked in bubblewrap, left out of the Landlock rules.
-const ETC_SECRETS: [&str; 13] = [
+pub(crate) const ETC_SECRETS: [&str; 13] = [
     "shadow",
     "shadow-",
     "gshadow",
@@ -786,4 +845,119 @@ fn system_dirs() -> Vec<PathBuf> {
     entries("/etc", &ETC_SECRETS);
     entries("/etc/ssl", &["private"]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn seatbelt_launches_sandbox_exec_with_the_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let workdir = dir
+            .path()
+            .canonicalize()
+            .unwrap()
+            .join("w\")(allow default)");
+        std::fs::create_dir(&workdir).unwrap();
+        let mut cfg = SandboxConfig::new(&workdir);
+        cfg.env = vec![("FOO".into(), "bar".into())];
+        let plan = LaunchPlan {
+            mechanism: Mechanism::Seatbelt,
+            bwrap: None,
+            sandbox_exec: Some(PathBuf::from(crate::seatbelt::SANDBOX_EXEC)),
+            helper: None,
+            home: Some(PathBuf::from("/Users/me")),
+            read_only: Vec::new(),
+            writable: Vec::new(),
+            protected: Vec::new(),
+            private_tmp: None,
+        };
+        let launch = plan
+            .finish(
+                &cfg,
+                &workdir,
+                Some(dir.path().join("p.sock")),
+                Some(40001),
+                None,
+            )
+            .unwrap();
+        assert_eq!(launch.program, Path::new("/usr/bin/sandbox-exec"));
+        assert_eq!(launch.args[0], "-p");
+        let profile = launch.args[1].to_str().unwrap();
+        assert!(
+            profile.starts_with("(version 1)\n(deny default)"),
+            "{profile}"
+        );
+        assert!(profile.contains("(remote tcp \"localhost:40001\")"));
+        assert!(profile.contains("(subpath \"/Users/me\")"));
+        let escaped = workdir.display().to_string().replace('"', "\\\"");
+        assert!(
+            profile.contains(&format!("(subpath \"{escaped}\")")),
+            "{profile}"
+        );
+        assert_eq!(
+            launch.args[2..],
+            [os("/bin/bash"), os("--noprofile"), os("--norc")]
+        );
+        let env = |k: &str| {
+            launch
+                .env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            env("HTTPS_PROXY").as_deref(),
+            Some("http://127.0.0.1:40001")
+        );
+        assert_eq!(env("FOO").as_deref(), Some("bar"));
+        assert_eq!(env("HOME"), Some(workdir.display().to_string()));
+        assert!(launch.env.iter().all(|(k, _)| !forbidden_env(k)));
+
+        // Without the proxy: no proxy variables, no network rule.
+        let plan = LaunchPlan {
+            mechanism: Mechanism::Seatbelt,
+            bwrap: None,
+            sandbox_exec: Some(PathBuf::from(crate::seatbelt::SANDBOX_EXEC)),
+            helper: None,
+            home: None,
+            read_only: Vec::new(),
+            writable: Vec::new(),
+            protected: Vec::new(),
+            private_tmp: None,
+        };
+        let launch = plan.finish(&cfg, &workdir, None, None, None).unwrap();
+        assert!(
+            launch
+                .env
+                .iter()
+                .all(|(k, _)| !k.to_ascii_lowercase().contains("proxy"))
+        );
+        assert!(!launch.args[1].to_str().unwrap().contains("(allow network"));
+    }
+
+    #[test]
+    fn seatbelt_is_macos_only() {
+        let r = probe_isolation();
+        assert_eq!(
+            r.seatbelt.is_some(),
+            cfg!(target_os = "macos") && Path::new("/usr/bin/sandbox-exec").is_file()
+        );
+        if !cfg!(target_os = "macos") {
+            assert_ne!(r.best, Some(Mechanism::Seatbelt));
+            assert!(r.seatbelt_problem.is_some());
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = SandboxConfig::new(dir.path());
+            cfg.mechanism = Mechanism::Seatbelt;
+            let err = prepare(&cfg).err().unwrap();
+            assert!(err.to_string().contains("macOS-only"), "{err}");
+        }
+        assert_eq!(Mechanism::Seatbelt.as_str(), "seatbelt");
+        assert_eq!(
+            serde_json::to_value(Mechanism::Seatbelt).unwrap(),
+            "seatbelt"
+        );
+    }
 }

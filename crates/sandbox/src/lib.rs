@@ -25,13 +25,19 @@
 //!   when the sandbox opened and are created by a command are removed again and the call is
 //!   reported as an error. Without bubblewrap, the `airlock-sandbox-exec` helper applies Landlock
 //!   (writes only to the workdir, reads only to system directories) and a seccomp filter (no
-//!   `AF_INET`/`AF_INET6` sockets) to itself and then execs bash. With neither, [`Sandbox::open`]
-//!   refuses unless `unconfined` is set explicitly.
+//!   `AF_INET`/`AF_INET6` sockets) to itself and then execs bash. On macOS,
+//!   `/usr/bin/sandbox-exec` applies a Seatbelt profile generated per session
+//!   ([`seatbelt::profile`]): deny by default; system locations readable, the user's home not
+//!   (except the workdir and allowlisted paths); writes only to the workdir, writable roots and
+//!   a private `TMPDIR`, never to the protected files (new or existing); no Mach services beyond
+//!   libc's user look-ups (no keychain); network only to the egress proxy's loopback port. With
+//!   no mechanism, [`Sandbox::open`] refuses unless `unconfined` is set explicitly.
 //! * **Limits that bind root**: a cgroup per session (v2 `pids.max`/`memory.max`/`cpu.max`, or
 //!   the v1 `pids`/`memory`/`cpu` controllers where the kernel still mounts those), joined
 //!   before the sandbox starts so every descendant is counted; plus the PID namespace and wall
 //!   time limits per command.
-//! * **Network** is off (empty network namespace). Allowlisted domains go through
+//! * **Network** is off (empty network namespace; on macOS the profile's rules). Allowlisted
+//!   domains go through
 //!   [`EgressProxy`], an HTTP proxy (CONNECT and absolute-form `http://`) on a unix socket that
 //!   is bound into the sandbox and reached through a loopback forwarder inside it; it applies the
 //!   resolved-address rule of `airlock-egress` (no loopback, private, link-local targets unless
@@ -52,6 +58,7 @@ mod memory;
 mod paths;
 mod proxy;
 mod schema;
+pub mod seatbelt;
 mod skills;
 
 use std::path::{Path, PathBuf};
@@ -332,7 +339,7 @@ impl SandboxConfig {
 /// What one open sandbox actually applies.
 #[derive(Debug, Clone, Serialize)]
 pub struct SandboxStatus {
-    /// `bubblewrap`, `landlock` or `unconfined`.
+    /// `bubblewrap`, `landlock`, `seatbelt` or `unconfined`.
     pub mechanism: &'static str,
     /// The workdir (canonical).
     pub workdir: PathBuf,
@@ -349,6 +356,7 @@ pub struct Sandbox {
     inner: Arc<Inner>,
     bash: tokio::sync::Mutex<bash::BashState>,
     _proxy: Option<EgressProxy>,
+    _forward: Option<seatbelt::LoopbackForward>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -407,7 +415,17 @@ impl Sandbox {
             proxy_socket = Some(p.socket_path().to_path_buf());
             proxy = Some(p);
         }
-        let launch = launch_plan.finish(&cfg, &workdir, proxy_socket, cgroup.as_ref())?;
+        // Seatbelt has no network namespace: the proxy is reached on a loopback port, the one
+        // destination its profile allows.
+        let mut forward = None;
+        if launch_plan.mechanism == Mechanism::Seatbelt
+            && let Some(sock) = &proxy_socket
+        {
+            forward = Some(seatbelt::LoopbackForward::start(sock.clone()).await?);
+        }
+        let proxy_port = forward.as_ref().map(seatbelt::LoopbackForward::port);
+        let launch =
+            launch_plan.finish(&cfg, &workdir, proxy_socket, proxy_port, cgroup.as_ref())?;
         let inner = Arc::new(Inner {
             workdir,
             roots,
@@ -422,6 +440,7 @@ impl Sandbox {
             inner,
             bash: tokio::sync::Mutex::new(bash::BashState::default()),
             _proxy: proxy,
+            _forward: forward,
         };
         // Start the shell now (the first tool call does not pay for it) and prove the sandbox
         // really runs commands.

@@ -44,6 +44,17 @@ pub(crate) const PROTECTED_NAMES: [&str; 12] = [
 /// Directories that steer other tools.
 pub(crate) const PROTECTED_DIRS: [&str; 2] = [".vscode", ".idea"];
 
+/// Entries of a directory that steer other tools (`parent/child`, the child file or directory
+/// and everything below it).
+pub(crate) const PROTECTED_NESTED: [(&str, &str); 6] = [
+    (".git", "config"),
+    (".git", "hooks"),
+    (".claude", "commands"),
+    (".claude", "agents"),
+    (".claude", "settings.json"),
+    (".claude", "settings.local.json"),
+];
+
 /// Resolve `input` (relative to `workdir`) to an absolute path with every symlink followed,
 /// including the last component; components that do not exist are appended lexically.
 pub(crate) fn resolve(workdir: &Path, input: &Path) -> io::Result<PathBuf> {
@@ -163,17 +174,9 @@ pub(crate) fn is_protected(rel: &Path) -> bool {
             return true;
         }
         let next = parts.get(i + 1).map(String::as_str);
-        if p == ".git" && matches!(next, Some("config") | Some("hooks")) {
-            return true;
-        }
-        if p == ".claude"
-            && matches!(
-                next,
-                Some("commands")
-                    | Some("agents")
-                    | Some("settings.json")
-                    | Some("settings.local.json")
-            )
+        if PROTECTED_NESTED
+            .iter()
+            .any(|(parent, child)| p == parent && next == Some(*child))
         {
             return true;
         }
@@ -233,17 +236,11 @@ pub(crate) fn existing_protected(workdir: &Path) -> Vec<PathBuf> {
                 found.push(path);
                 continue;
             }
-            if name == ".git" && ft.is_dir() {
-                for sub in ["config", "hooks"] {
-                    let p = path.join(sub);
-                    if std::fs::symlink_metadata(&p).is_ok() {
-                        found.push(p);
-                    }
-                }
-                continue;
-            }
-            if name == ".claude" && ft.is_dir() {
-                for sub in ["commands", "agents", "settings.json", "settings.local.json"] {
+            if ft.is_dir() && PROTECTED_NESTED.iter().any(|(parent, _)| name == *parent) {
+                for (_, sub) in PROTECTED_NESTED
+                    .iter()
+                    .filter(|(parent, _)| name == *parent)
+                {
                     let p = path.join(sub);
                     if std::fs::symlink_metadata(&p).is_ok() {
                         found.push(p);
@@ -270,8 +267,11 @@ pub(crate) fn sweep_protected(inner: &Inner) -> Vec<PathBuf> {
         .chain(PROTECTED_DIRS.iter())
         .map(|n| inner.workdir.join(n))
         .collect();
-    for sub in ["commands", "agents", "settings.json", "settings.local.json"] {
-        candidates.push(inner.workdir.join(".claude").join(sub));
+    for (parent, sub) in PROTECTED_NESTED
+        .iter()
+        .filter(|(parent, _)| *parent != ".git")
+    {
+        candidates.push(inner.workdir.join(parent).join(sub));
     }
     for c in candidates {
         if inner.protected_at_open.contains(&c) {
