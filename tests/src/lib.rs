@@ -25,6 +25,7 @@ use serde_json::Value;
 
 pub mod oauth;
 pub mod proxy;
+pub mod queue;
 pub mod relay;
 
 /// How long to wait for `airlock up` to report `ready: true` (a loaded 2-core machine).
