@@ -7,7 +7,8 @@
 //!
 //! Per request (see [`Gateway::serve_protected`] for the path table):
 //! 1. protected-resource metadata (RFC 9728) is served without authentication;
-//! 2. authorization-server paths (metadata, `token`, `register`, `revoke`, and on loopback `/_airlock/oauth/*`) go to
+//! 2. authorization-server paths (metadata, `token`, `register`, `revoke`, and `/_airlock/oauth/*`: the approval
+//!    pages, which the authorization server serves on loopback, and on a relay hostname only when configured) go to
 //!    [`AuthEndpoints`] with an [`EndpointContext`] naming the server, issuer and resource URL;
 //! 3. anything else needs `Authorization: Bearer`: a missing or refused token gets `401` with a
 //!    `WWW-Authenticate: Bearer resource_metadata="…", scope="…"` challenge; the JSON-RPC method(s) of a POST (batches
@@ -48,7 +49,7 @@ pub const PRM_WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 pub const AS_WELL_KNOWN: &str = "/.well-known/oauth-authorization-server";
 /// Well-known path of OpenID Connect discovery.
 pub const OIDC_WELL_KNOWN: &str = "/.well-known/openid-configuration";
-/// Loopback path prefix of the approval pages (slugs cannot start with `_`).
+/// Path prefix of the approval pages (loopback slugs cannot start with `_`).
 pub const PAGES_PREFIX: &str = "/_airlock/oauth";
 
 /// What a grant allows: `mcp:read` and/or `mcp:call`.
@@ -200,7 +201,8 @@ pub enum AuthEndpoint {
     Register,
     /// `<issuer>/revoke` (RFC 7009)
     Revoke,
-    /// `/_airlock/oauth/…` on the loopback gateway (authorize page, status, decision); the request path says which.
+    /// `/_airlock/oauth/…` (authorize page, status, decision); the request path says which. On loopback, and on a
+    /// per-server hostname (the authorization server answers 404 there unless remote approval is configured).
     Pages,
 }
 
@@ -208,11 +210,12 @@ pub enum AuthEndpoint {
 /// path and query).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointContext {
-    /// The server (route id) whose issuer the request is for; `None` for [`AuthEndpoint::Pages`].
+    /// The server (route id) whose issuer the request is for; for [`AuthEndpoint::Pages`]: `None` on loopback, the
+    /// hostname's server on a per-server hostname.
     pub server_id: Option<String>,
     pub endpoint: AuthEndpoint,
     /// The issuer of that server on this ingress: `https://<host>` on a tunnel/relay host,
-    /// `http://127.0.0.1:<port>/<slug>` on loopback. For [`AuthEndpoint::Pages`]: the loopback origin.
+    /// `http://127.0.0.1:<port>/<slug>` on loopback. For [`AuthEndpoint::Pages`]: the origin.
     pub issuer: String,
     /// The resource URL of that server on this ingress (origin + MCP path). Empty for [`AuthEndpoint::Pages`].
     pub resource: String,
@@ -392,7 +395,10 @@ impl Gateway {
                         slug_prefix: String::new(),
                     };
                 }
-                if let Some(endpoint) = as_endpoint_for_tail(path) {
+                if let Some(endpoint) = as_endpoint_for_tail(path).or_else(|| {
+                    (path == PAGES_PREFIX || path.starts_with(&format!("{PAGES_PREFIX}/")))
+                        .then_some(AuthEndpoint::Pages)
+                }) {
                     return Target::Endpoint {
                         server_id: Some(server_id.clone()),
                         slug_prefix: String::new(),
@@ -485,8 +491,8 @@ impl Gateway {
     /// Paths on a per-server host ([`Site::Host`], MCP path `M`, e.g. `/mcp`):
     /// `M` and anything not below → the server (bearer required); `/.well-known/oauth-protected-resource` and
     /// `/.well-known/oauth-protected-resource` + `M` → metadata; `/.well-known/oauth-authorization-server`,
-    /// `/.well-known/openid-configuration`, `/token`, `/register`, `/revoke` → [`AuthEndpoints`] (issuer
-    /// `https://<host>`).
+    /// `/.well-known/openid-configuration`, `/token`, `/register`, `/revoke`, `/_airlock/oauth/…` → [`AuthEndpoints`]
+    /// (issuer `https://<host>`; the pages with the host's server).
     ///
     /// Paths on loopback ([`Site::Loopback`]): `/<slug>` + `M` and other `/<slug>/…` → the server with the prefix
     /// stripped; `/.well-known/oauth-protected-resource/<slug>` + `M` → metadata;
@@ -1163,6 +1169,46 @@ impl http_body::Body for Counted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn approval_pages_on_a_server_hostname_go_to_the_endpoints_with_that_server() {
+        let gw = Gateway::new(crate::GatewayOptions::default());
+        gw.expose(crate::Route {
+            id: "fx-id".into(),
+            slug: "fx".into(),
+            upstream: crate::UpstreamSpec::Http {
+                url: "http://10.1.2.3:9/mcp".into(),
+            },
+        })
+        .await
+        .unwrap();
+        let site = Site::Host {
+            server_id: "fx-id".into(),
+            origin: "https://fx.example".into(),
+        };
+        for path in [
+            "/_airlock/oauth",
+            "/_airlock/oauth/authorize",
+            "/_airlock/oauth/status/t",
+        ] {
+            assert_eq!(
+                gw.classify(&site, path),
+                Target::Endpoint {
+                    server_id: Some("fx-id".into()),
+                    slug_prefix: String::new(),
+                    endpoint: AuthEndpoint::Pages,
+                },
+                "{path}"
+            );
+        }
+        // Anything else of the hostname is still the server's, behind a token.
+        for path in ["/_airlock/oauthx", "/_airlock", "/mcp"] {
+            assert!(
+                matches!(gw.classify(&site, path), Target::Protected { .. }),
+                "{path}"
+            );
+        }
+    }
 
     #[test]
     fn scopes_parse_and_print() {

@@ -6,7 +6,7 @@
 //! | route | body | answer |
 //! |---|---|---|
 //! | `GET /v1/approvals` | | `[Approval]` (pending, oldest first) |
-//! | `POST /v1/approvals/{id}/approve` | `{"tools": ["a","b"]}` (optional) | `{"ok": true}` |
+//! | `POST /v1/approvals/{id}/approve` | `{"tools": ["a","b"]?, "code": "XXXX-XXXX"?}` (optional) | `{"ok": true}` |
 //! | `POST /v1/approvals/{id}/deny` | | `{"ok": true}` |
 //! | `GET /v1/clients` | | `[ClientInfo]` with grants, live tokens, last use |
 //! | `POST /v1/revoke` | `{"id": "gr_…" \| "tk_…" \| client id}` | `Revoked` |
@@ -14,7 +14,9 @@
 //! | `GET /v1/audit?server=&client=&kind=&since=&limit=` | | `[AuditEntry]`, newest first |
 //! | `GET /v1/oauth/events` | | SSE of [`Event`] |
 //!
-//! Errors are `{"error": "<what to do>"}` with 400/404/409/500.
+//! Errors are `{"error": "<what to do>"}` with 400/404/409/422/500. An approval with `"remote": true` (opened on a
+//! relay hostname) is approved only with the `code` its page shows: missing or wrong → `422` (the fifth wrong code
+//! denies the request); denying needs no code.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -55,6 +57,9 @@ fn error(e: Error) -> Response {
             StatusCode::NOT_FOUND
         }
         Error::AlreadyDecided(_) => StatusCode::CONFLICT,
+        Error::CodeRequired(_) | Error::WrongCode { .. } | Error::TooManyWrongCodes(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         Error::Invalid(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -76,6 +81,7 @@ async fn approvals(State(s): State<AuthServer>) -> Response {
 #[derive(Deserialize, Default)]
 struct ApproveBody {
     tools: Option<Vec<String>>,
+    code: Option<String>,
 }
 
 async fn approve(
@@ -83,8 +89,9 @@ async fn approve(
     Path(id): Path<String>,
     body: Option<Json<ApproveBody>>,
 ) -> Response {
-    let tools = body.and_then(|Json(b)| b.tools).filter(|t| !t.is_empty());
-    match s.decide(&id, Decision::Approve { tools }).await {
+    let (tools, code) = body.map_or((None, None), |Json(b)| (b.tools, b.code));
+    let tools = tools.filter(|t| !t.is_empty());
+    match s.decide(&id, Decision::Approve { tools, code }).await {
         Ok(()) => Json(json!({ "ok": true })).into_response(),
         Err(e) => error(e),
     }

@@ -124,7 +124,7 @@ impl AuthServer {
         Box::pin(async move {
             match ctx.endpoint {
                 Endpoint::Pages => {
-                    if ctx.ingress != Ingress::Loopback {
+                    if !this.pages_served_on(ctx.ingress) {
                         return empty(StatusCode::NOT_FOUND);
                     }
                     this.pages(ctx, req).await
@@ -134,7 +134,10 @@ impl AuthServer {
                     if req.method() != Method::GET && req.method() != Method::HEAD {
                         return cors(empty(StatusCode::METHOD_NOT_ALLOWED));
                     }
-                    cors(json_response(StatusCode::OK, &this.metadata(&ctx.issuer)))
+                    cors(json_response(
+                        StatusCode::OK,
+                        &this.metadata(&ctx.issuer, ctx.ingress),
+                    ))
                 }
                 Endpoint::Token => cors(this.token_endpoint(ctx, req).await),
                 Endpoint::Register => cors(this.register_endpoint(ctx, req).await),
@@ -143,13 +146,40 @@ impl AuthServer {
         })
     }
 
-    /// The RFC 8414 metadata for `issuer`.
-    pub fn metadata(&self, issuer: &str) -> Value {
+    /// Whether the approval pages answer on `ingress`: always on loopback; on a relay hostname with
+    /// [`Config::remote_approval`]; never on the Anthropic tunnel (no browser reaches its hostnames).
+    pub(crate) fn pages_served_on(&self, ingress: Ingress) -> bool {
+        match ingress {
+            Ingress::Loopback => true,
+            Ingress::Relay => self.inner.cfg.remote_approval,
+            Ingress::AnthropicTunnel => false,
+        }
+    }
+
+    /// Where a browser approves requests for `issuer` (seen on `ingress`): the remote page on that same hostname
+    /// when it serves one, else the loopback page ([`Config::authorization_endpoint`]).
+    pub fn authorization_endpoint(&self, issuer: &str, ingress: Ingress) -> String {
+        if ingress != Ingress::Loopback
+            && self.pages_served_on(ingress)
+            && let Ok(url) = url::Url::parse(issuer)
+            && url.scheme() == "https"
+        {
+            return format!(
+                "{}/_airlock/oauth/authorize",
+                url.origin().ascii_serialization()
+            );
+        }
+        self.inner.cfg.authorization_endpoint.clone()
+    }
+
+    /// The RFC 8414 metadata for `issuer`, as served on `ingress` (split discovery: everything under the issuer but
+    /// the authorization endpoint, which is where the person is, see [`AuthServer::authorization_endpoint`]).
+    pub fn metadata(&self, issuer: &str, ingress: Ingress) -> Value {
         let issuer = issuer.trim_end_matches('/');
         let auth_methods = ["none", "client_secret_post", "client_secret_basic"];
         json!({
             "issuer": issuer,
-            "authorization_endpoint": self.inner.cfg.authorization_endpoint,
+            "authorization_endpoint": self.authorization_endpoint(issuer, ingress),
             "token_endpoint": format!("{issuer}/token"),
             "registration_endpoint": format!("{issuer}/register"),
             "revocation_endpoint": format!("{issuer}/revoke"),

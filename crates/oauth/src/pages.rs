@@ -1,5 +1,10 @@
-//! The approval pages on the loopback gateway (`/_airlock/oauth/…`). No JavaScript; every client-supplied string is
-//! escaped text; strict CSP; CSRF token in the form and in a `SameSite=Strict` cookie.
+//! The approval pages (`/_airlock/oauth/…`) on the loopback gateway, and with [`Config::remote_approval`] on a relay
+//! hostname. No JavaScript; every client-supplied string is escaped text; strict CSP; CSRF token in the form and in a
+//! `SameSite=Strict` cookie.
+//!
+//! The remote page (relay hostname: a browser elsewhere) shows a random confirmation code, `XXXX-XXXX`, and has no
+//! approve button: the request is approved only in Airlock on the device, by entering that code
+//! ([`AuthServer::decide`]). It can deny, and follows the decision like the loopback page.
 //!
 //! - `GET  /_airlock/oauth/authorize?…`     validates the request, raises a pending approval, shows it.
 //! - `GET  /_airlock/oauth/status/<ticket>` while pending: the same page, refreshing itself every few seconds (so a
@@ -31,7 +36,8 @@ h1{font-size:1.3em}dl{display:grid;grid-template-columns:max-content 1fr;gap:.3e
 dd{margin:0;word-break:break-all}.warn{background:#fff4d6;border:1px solid #e3c25b;padding:.6em;border-radius:4px}
 .code{font:bold 1.3em monospace;letter-spacing:.1em}button{font-size:1em;padding:.5em 1.2em;margin-right:.6em}
 .approve{background:#1f6f3f;color:#fff;border:0;border-radius:4px}.deny{background:#fff;border:1px solid #999;border-radius:4px}
-input[type=text]{width:100%;font-size:1em;padding:.3em}";
+input[type=text]{width:100%;font-size:1em;padding:.3em}.confirm{font-size:1.25em}
+.confirm .code{display:inline-block;font-size:1.5em;padding:.1em .4em;border:2px solid #1b1b1b;border-radius:4px}";
 
 fn page(status: StatusCode, title: &str, body: &str, refresh: Option<String>) -> Response<Body> {
     let meta = refresh
@@ -214,6 +220,7 @@ impl AuthServer {
             );
         }
         // 2. Resource: without it there is no server and no issuer to answer for; shown, not redirected.
+        //    On a server's own hostname (the remote page) it must name that server.
         let Some(resource) = get("resource") else {
             return error_page(
                 StatusCode::BAD_REQUEST,
@@ -226,6 +233,15 @@ impl AuthServer {
                 &format!("resource {resource} is not a server exposed by this Airlock"),
             );
         };
+        if let Some(host_server) = &ctx.server_id
+            && *host_server != target.server_id
+        {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                &format!("resource {resource} names another server than this hostname's"),
+            );
+        }
+        let remote = ctx.ingress != Ingress::Loopback;
         let state = get("state").map(str::to_owned);
         let fail = |error: &str, desc: &str| {
             let mut p = vec![("error", error), ("error_description", desc)];
@@ -331,6 +347,7 @@ impl AuthServer {
             created_ms: now,
             expires_ms: now + duration_ms(self.inner.cfg.approval_ttl),
             state: "pending".into(),
+            remote,
         };
         let ticket = tokens::secret("");
         let csrf = tokens::secret("");
@@ -342,6 +359,9 @@ impl AuthServer {
             ticket: ticket.clone(),
             csrf: csrf.clone(),
             outcome: None,
+            confirm: remote.then(tokens::confirmation_code),
+            wrong_codes: 0,
+            denied_why: None,
         };
         let html = {
             let mut st = self.state();
@@ -358,16 +378,28 @@ impl AuthServer {
                 .server(&approval.server_id)
                 .client(&approval.client_id)
                 .detail(format!(
-                    "approval {} redirect {} scopes {}",
-                    approval.id, approval.redirect_uri, approval.scopes
+                    "approval {} redirect {} scopes {}{}",
+                    approval.id,
+                    approval.redirect_uri,
+                    approval.scopes,
+                    if remote {
+                        " (remote page, code required)"
+                    } else {
+                        ""
+                    }
                 )),
         );
         self.emit(Event::ApprovalPending {
             approval: Box::new(approval.clone()),
         });
         let mut r = html;
+        let secure = if ctx.origin.starts_with("https://") {
+            "; Secure"
+        } else {
+            ""
+        };
         let cookie = format!(
-            "{}={csrf}; Path={PREFIX}; HttpOnly; SameSite=Strict; Max-Age={}",
+            "{}={csrf}; Path={PREFIX}; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
             cookie_name(&ticket),
             self.inner.cfg.approval_ttl.as_secs()
         );
@@ -419,7 +451,7 @@ impl AuthServer {
                     if expired || p.approval.state == "expired" {
                         "the request expired before anyone approved it"
                     } else {
-                        "denied at the device"
+                        p.denied_why.unwrap_or("denied at the device")
                     },
                 ));
             }
@@ -464,10 +496,10 @@ impl AuthServer {
             Ok(f) => f,
             Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
         };
-        let (id, csrf) = {
+        let (id, csrf, remote) = {
             let st = self.state();
             match Self::find_ticket(&st, ticket) {
-                Some(p) => (p.approval.id.clone(), p.csrf.clone()),
+                Some(p) => (p.approval.id.clone(), p.csrf.clone(), p.confirm.is_some()),
                 None => {
                     return error_page(
                         StatusCode::NOT_FOUND,
@@ -487,6 +519,14 @@ impl AuthServer {
             );
         }
         let decision = match form.get("decision").map(String::as_str) {
+            Some("approve") if remote => {
+                // A browser elsewhere must not be able to approve: only the person at the device can, with the code.
+                return error_page(
+                    StatusCode::FORBIDDEN,
+                    "this request can only be approved in Airlock on the computer it runs on, by entering the code \
+                     this page shows",
+                );
+            }
             Some("approve") => {
                 let tools: Vec<String> = form
                     .get("tools")
@@ -500,6 +540,7 @@ impl AuthServer {
                     .unwrap_or_default();
                 Decision::Approve {
                     tools: (!tools.is_empty()).then_some(tools),
+                    code: None,
                 }
             }
             Some("deny") => Decision::Deny,
@@ -529,47 +570,17 @@ impl AuthServer {
 }
 
 fn render_pending(p: &Pending, narrow: bool) -> Response<Body> {
+    if let Some(code) = &p.confirm {
+        return render_remote(p, code);
+    }
     let a = &p.approval;
     let status_url = format!("{PREFIX}/status/{}", p.ticket);
     let mut b = String::new();
     b.push_str("<h1>An application asks for access to an MCP server</h1>");
     b.push_str("<p class=\"warn\">Airlock never approves on its own. Approve only if <strong>you</strong> just \
                 started connecting this application, and the redirect host below is the one you expect. The \
-                application's name is self-declared.</p><dl>");
-    let row = |b: &mut String, k: &str, v: &str| {
-        b.push_str(&format!("<dt>{}</dt><dd>{}</dd>", esc(k), esc(v)));
-    };
-    row(&mut b, "Request", &a.id);
-    row(&mut b, "Application", &a.client_name);
-    row(&mut b, "Redirect host", &a.redirect_host);
-    row(&mut b, "Redirect URI", &a.redirect_uri);
-    match &a.cimd_url {
-        Some(u) => row(&mut b, "Client metadata", u),
-        None => row(
-            &mut b,
-            "Client",
-            &format!("{} ({})", a.client_id, a.client_kind),
-        ),
-    }
-    row(
-        &mut b,
-        "Server",
-        &format!("{} ({})", a.server_name, a.server_id),
-    );
-    row(&mut b, "Resource", &a.resource);
-    let scopes = match (a.scopes.read, a.scopes.call) {
-        (true, true) => "read (list, get, read) and call tools",
-        (true, false) => "read only (list, get, read)",
-        (false, true) => "call tools",
-        (false, false) => "none",
-    };
-    row(&mut b, "Access", scopes);
-    row(
-        &mut b,
-        "Tools",
-        &a.tools.as_ref().map_or("all".to_owned(), |t| t.join(", ")),
-    );
-    b.push_str("</dl>");
+                application's name is self-declared.</p>");
+    details(&mut b, a);
     let action = format!("{PREFIX}/decide/{}", p.ticket);
     let csrf = esc(&p.csrf);
     if narrow {
@@ -602,5 +613,70 @@ fn render_pending(p: &Pending, narrow: bool) -> Response<Body> {
         "Airlock: approve access?",
         &b,
         (!narrow).then(|| format!("{REFRESH_SECS};url={status_url}")),
+    )
+}
+
+/// The request, as a definition list (text only).
+fn details(b: &mut String, a: &Approval) {
+    b.push_str("<dl>");
+    let row = |b: &mut String, k: &str, v: &str| {
+        b.push_str(&format!("<dt>{}</dt><dd>{}</dd>", esc(k), esc(v)));
+    };
+    row(b, "Request", &a.id);
+    row(b, "Application", &a.client_name);
+    row(b, "Redirect host", &a.redirect_host);
+    row(b, "Redirect URI", &a.redirect_uri);
+    match &a.cimd_url {
+        Some(u) => row(b, "Client metadata", u),
+        None => row(b, "Client", &format!("{} ({})", a.client_id, a.client_kind)),
+    }
+    row(b, "Server", &format!("{} ({})", a.server_name, a.server_id));
+    row(b, "Resource", &a.resource);
+    let scopes = match (a.scopes.read, a.scopes.call) {
+        (true, true) => "read (list, get, read) and call tools",
+        (true, false) => "read only (list, get, read)",
+        (false, true) => "call tools",
+        (false, false) => "none",
+    };
+    row(b, "Access", scopes);
+    row(
+        b,
+        "Tools",
+        &a.tools.as_ref().map_or("all".to_owned(), |t| t.join(", ")),
+    );
+    b.push_str("</dl>");
+}
+
+/// The remote page: the code to confirm at the device, the request, a Deny button, no way to approve.
+fn render_remote(p: &Pending, code: &str) -> Response<Body> {
+    let a = &p.approval;
+    let status_url = format!("{PREFIX}/status/{}", p.ticket);
+    let shown = tokens::format_code(code);
+    let mut b = String::new();
+    b.push_str("<h1>Confirm this request in Airlock on your computer</h1>");
+    b.push_str(&format!(
+        "<p class=\"confirm\">To allow this, confirm code <span class=\"code\" id=\"confirmation-code\">{}</span> \
+         in Airlock on your computer.</p><p>There: the Approvals view, or in a terminal \
+         <code>airlock approve {} --code {}</code>.</p>",
+        esc(&shown),
+        esc(&a.id),
+        esc(&shown)
+    ));
+    b.push_str("<p class=\"warn\">This page cannot approve anything: a request opened in a browser away from the \
+                computer is approved only there, with the code above. If you did not just start connecting this \
+                application, deny it. The application's name is self-declared.</p>");
+    details(&mut b, a);
+    b.push_str(&format!(
+        "<form method=\"post\" action=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <button class=\"deny\" name=\"decision\" value=\"deny\">Deny</button></form>\
+         <p>This page follows on its own once the request is decided.</p>",
+        esc(&format!("{PREFIX}/decide/{}", p.ticket)),
+        esc(&p.csrf)
+    ));
+    page(
+        StatusCode::OK,
+        "Airlock: confirm the code on your computer",
+        &b,
+        Some(format!("{REFRESH_SECS};url={status_url}")),
     )
 }

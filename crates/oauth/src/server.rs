@@ -98,6 +98,12 @@ pub(crate) struct Pending {
     /// CSRF token of the page (also in a SameSite=Strict cookie).
     pub csrf: String,
     pub outcome: Option<Outcome>,
+    /// Remote approvals: the confirmation code the page shows (normalized, 8 symbols), required to approve.
+    pub confirm: Option<String>,
+    /// Wrong confirmation codes so far.
+    pub wrong_codes: u32,
+    /// Why it was denied, when not by the person (told to the client in `error_description`).
+    pub denied_why: Option<&'static str>,
 }
 
 pub(crate) struct Code {
@@ -306,9 +312,12 @@ impl AuthServer {
     }
 
     /// Decides a pending approval, once. Approving creates the grant and the authorization code the status page
-    /// hands to the client.
+    /// hands to the client. A remote approval (opened on a relay hostname) is approved only with the confirmation
+    /// code its page shows ([`Decision::Approve`] `code`, compared in constant time); the
+    /// [`MAX_WRONG_CODES`]th wrong code denies it. Denying needs no code.
     pub async fn decide(&self, id: &str, decision: Decision) -> Result<(), Error> {
         let now = self.now();
+        let mut refused: Option<Error> = None;
         let (approval, code_info) = {
             let mut st = self.state();
             let p = st
@@ -322,13 +331,42 @@ impl AuthServer {
             if p.outcome.is_some() {
                 return Err(Error::AlreadyDecided(id.to_owned()));
             }
+            if let (Decision::Approve { code, .. }, Some(expected)) = (&decision, &p.confirm) {
+                let Some(typed) = code.as_deref().filter(|c| !c.trim().is_empty()) else {
+                    return Err(Error::CodeRequired(id.to_owned()));
+                };
+                if !tokens::ct_eq(
+                    tokens::normalize_code(typed).as_bytes(),
+                    expected.as_bytes(),
+                ) {
+                    p.wrong_codes += 1;
+                    tracing::warn!(
+                        approval = id,
+                        attempts = p.wrong_codes,
+                        "a wrong confirmation code was entered for a remote approval"
+                    );
+                    if p.wrong_codes < MAX_WRONG_CODES {
+                        return Err(Error::WrongCode {
+                            id: id.to_owned(),
+                            left: MAX_WRONG_CODES - p.wrong_codes,
+                        });
+                    }
+                    refused = Some(Error::TooManyWrongCodes(id.to_owned()));
+                }
+            }
             match &decision {
+                Decision::Approve { .. } if refused.is_some() => {
+                    p.outcome = Some(Outcome::Denied);
+                    p.approval.state = "denied".into();
+                    p.denied_why = Some("denied after too many wrong confirmation codes");
+                    (p.approval.clone(), None)
+                }
                 Decision::Deny => {
                     p.outcome = Some(Outcome::Denied);
                     p.approval.state = "denied".into();
                     (p.approval.clone(), None)
                 }
-                Decision::Approve { tools } => {
+                Decision::Approve { tools, .. } => {
                     let tools = tools.clone().map(clean_tools).or(p.approval.tools.clone());
                     p.approval.tools = tools.clone();
                     let code = tokens::secret("alk_code_");
@@ -354,17 +392,22 @@ impl AuthServer {
             }
         };
         let Some((grant_id, tools, code_hash)) = code_info else {
+            let why = if refused.is_some() {
+                " (too many wrong confirmation codes)"
+            } else {
+                ""
+            };
             self.audit(
                 AuditEntry::new(now, AuditKind::GrantDenied)
                     .server(&approval.server_id)
                     .client(&approval.client_id)
-                    .detail(format!("approval {}", approval.id)),
+                    .detail(format!("approval {}{why}", approval.id)),
             );
             self.emit(Event::ApprovalDecided {
                 id: approval.id.clone(),
                 approved: false,
             });
-            return Ok(());
+            return refused.map_or(Ok(()), Err);
         };
         let expires = now + duration_ms(self.inner.cfg.grant_ttl);
         let g = approval.clone();

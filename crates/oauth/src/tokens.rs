@@ -27,6 +27,34 @@ pub(crate) fn id(prefix: &str, bytes: usize) -> String {
     format!("{prefix}{}", hex::encode(buf))
 }
 
+/// Characters of confirmation codes: digits and capitals without `0`/`O` and `1`/`I` (32 symbols, 5 bits each).
+const CODE_ALPHABET: &[u8; 32] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
+
+/// The 8 symbols of a confirmation code (40 random bits).
+pub(crate) fn confirmation_code() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| char::from(CODE_ALPHABET[usize::from(b & 31)]))
+        .collect()
+}
+
+/// `ABCD2345` → `ABCD-2345`.
+pub(crate) fn format_code(code: &str) -> String {
+    let mid = code.len() / 2;
+    format!("{}-{}", &code[..mid], &code[mid..])
+}
+
+/// What a person typed, compared form: dashes and whitespace dropped, upper case.
+pub(crate) fn normalize_code(typed: &str) -> String {
+    typed
+        .chars()
+        .filter(|c| *c != '-' && !c.is_whitespace())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
 pub(crate) fn hash(secret: &str) -> Hash {
     Sha256::digest(secret.as_bytes()).into()
 }
@@ -180,6 +208,28 @@ mod tests {
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn confirmation_codes_are_unambiguous_and_forgiving_to_type() {
+        let codes: std::collections::HashSet<String> =
+            (0..200).map(|_| confirmation_code()).collect();
+        assert!(codes.len() > 190, "codes repeat: {}", codes.len());
+        for c in &codes {
+            assert_eq!(c.len(), 8);
+            assert!(
+                c.bytes().all(|b| CODE_ALPHABET.contains(&b)),
+                "{c} has a character outside the alphabet"
+            );
+            assert!(!c.contains(['0', 'O', '1', 'I']), "{c}");
+        }
+        // Every symbol shows up (the mask draws all 32).
+        let seen: std::collections::HashSet<u8> = codes.iter().flat_map(|c| c.bytes()).collect();
+        assert_eq!(seen.len(), 32);
+        assert_eq!(format_code("ABCD2345"), "ABCD-2345");
+        assert_eq!(normalize_code(" abcd-2345\n"), "ABCD2345");
+        assert_eq!(normalize_code("ab cd 23 45"), "ABCD2345");
+        assert_ne!(normalize_code("ABCD-2346"), "ABCD2345");
     }
 
     #[test]

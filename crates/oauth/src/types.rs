@@ -8,6 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+/// Wrong confirmation codes a remote approval tolerates: the last one denies it.
+pub const MAX_WRONG_CODES: u32 = 5;
+
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
@@ -163,14 +166,16 @@ pub enum Endpoint {
     Register,
     /// `<issuer>/revoke`
     Revoke,
-    /// `/_airlock/oauth/…` on loopback: the request path says which page.
+    /// `/_airlock/oauth/…`: the request path says which page. Served on loopback, and on a relay hostname when
+    /// [`Config::remote_approval`] is on (the remote page: a confirmation code, no approve button).
     Pages,
 }
 
 /// Where an authorization-server request arrived.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestContext {
-    /// The server whose issuer the request is for; `None` for [`Endpoint::Pages`].
+    /// The server whose issuer the request is for; for [`Endpoint::Pages`]: `None` on loopback, the hostname's
+    /// server on a tunnel/relay hostname (an authorization request there must name that server).
     pub server_id: Option<String>,
     pub endpoint: Endpoint,
     /// The issuer of that server on this ingress (for pages: the loopback origin).
@@ -250,6 +255,13 @@ pub struct Config {
     /// Published `authorization_endpoint` (the loopback approval page,
     /// `http://127.0.0.1:<gateway port>/_airlock/oauth/authorize`).
     pub authorization_endpoint: String,
+    /// Remote approval (default off): the metadata served on a relay hostname publishes the approval page on that
+    /// same hostname (`<issuer origin>/_airlock/oauth/authorize`), for a browser elsewhere. That page shows a
+    /// short confirmation code and cannot approve; approving ([`crate::AuthServer::decide`]) requires the code.
+    /// Off: the pages are served on loopback only (404 elsewhere), and every ingress publishes the loopback page.
+    /// The Anthropic tunnel always publishes the loopback page: its hostnames accept connections only from Claude,
+    /// never from a browser.
+    pub remote_approval: bool,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
     /// A grant (and every token of it) ends at the latest this long after approval.
@@ -279,6 +291,7 @@ impl Config {
         Self {
             db_path,
             authorization_endpoint,
+            remote_approval: false,
             access_token_ttl: Duration::from_secs(3600),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
             grant_ttl: Duration::from_secs(90 * 24 * 3600),
@@ -299,9 +312,12 @@ impl Config {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Decision {
-    /// Grant the requested scopes; `tools` narrows `tools/call` to these tools.
+    /// Grant the requested scopes; `tools` narrows `tools/call` to these tools. `code`: the confirmation code a
+    /// remote approval page shows (required for those, ignored otherwise; case, spaces and dashes do not matter).
     Approve {
         tools: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
     },
     Deny,
 }
@@ -328,6 +344,9 @@ pub struct Approval {
     pub expires_ms: Millis,
     /// `pending`, `approved`, `denied`, `expired`.
     pub state: String,
+    /// Opened on a relay hostname (a browser elsewhere): approving requires the confirmation code that page shows
+    /// (never part of this record).
+    pub remote: bool,
 }
 
 /// What the agent's event stream gets.
@@ -452,6 +471,18 @@ pub enum Error {
     UnknownApproval(String),
     #[error("approval {0:?} was already decided; each request is decided once")]
     AlreadyDecided(String),
+    #[error(
+        "this request was opened in a browser elsewhere: enter the code it shows (`airlock approve {0} --code XXXX-XXXX`)"
+    )]
+    CodeRequired(String),
+    #[error(
+        "wrong code: this request was opened in a browser elsewhere: enter the code it shows ({left} attempt(s) left)"
+    )]
+    WrongCode { id: String, left: u32 },
+    #[error(
+        "wrong code again: request {0:?} was denied after {MAX_WRONG_CODES} wrong codes; start again from the application"
+    )]
+    TooManyWrongCodes(String),
     #[error("nothing to revoke with id {0:?}: list grants and tokens with `airlock clients`")]
     UnknownId(String),
     #[error("unknown server {0:?}: list servers with `airlock status`")]

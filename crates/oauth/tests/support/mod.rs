@@ -25,14 +25,24 @@ pub struct TestResources {
     pub port: u16,
 }
 
+/// Hostnames of the stand-in relay and Anthropic tunnel ingresses: `<slug>.relay.test`, `<slug>.tunnel.test`.
+pub const RELAY_DOMAIN: &str = "relay.test";
+pub const TUNNEL_DOMAIN: &str = "tunnel.test";
+
 impl ResourceResolver for TestResources {
     fn resolve(&self, resource: &str) -> Option<ResolvedResource> {
         ["a", "b"].iter().find_map(|slug| {
-            (resource == format!("http://127.0.0.1:{}/{slug}/mcp", self.port)).then(|| {
-                ResolvedResource {
+            if resource == format!("http://127.0.0.1:{}/{slug}/mcp", self.port) {
+                return Some(ResolvedResource {
                     server_id: format!("srv_{slug}"),
                     issuer: format!("http://127.0.0.1:{}/{slug}", self.port),
-                }
+                });
+            }
+            [RELAY_DOMAIN, TUNNEL_DOMAIN].iter().find_map(|domain| {
+                (resource == format!("https://{slug}.{domain}/mcp")).then(|| ResolvedResource {
+                    server_id: format!("srv_{slug}"),
+                    issuer: format!("https://{slug}.{domain}"),
+                })
             })
         })
     }
@@ -52,6 +62,10 @@ pub struct Harness {
     pub port: u16,
     pub base: String,
     pub dir: tempfile::TempDir,
+    /// `http://127.0.0.1:<port>` of the stand-in relay ingress (send `Host: <slug>.relay.test`).
+    pub relay_base: String,
+    /// `http://127.0.0.1:<port>` of the stand-in Anthropic tunnel ingress (send `Host: <slug>.tunnel.test`).
+    pub tunnel_base: String,
 }
 
 impl Harness {
@@ -102,12 +116,16 @@ impl Harness {
             .await
             .unwrap();
         });
+        let relay_base = host_ingress(server.clone(), Ingress::Relay).await;
+        let tunnel_base = host_ingress(server.clone(), Ingress::AnthropicTunnel).await;
         Harness {
             server,
             clock,
             port,
             base,
             dir,
+            relay_base,
+            tunnel_base,
         }
     }
 
@@ -120,6 +138,71 @@ impl Harness {
     pub fn authorize_url(&self) -> String {
         format!("{}/_airlock/oauth/authorize", self.base)
     }
+}
+
+/// A per-server-host ingress (relay or Anthropic tunnel flavour) on a new loopback listener; returns its base URL.
+async fn host_ingress(server: AuthServer, ingress: Ingress) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .fallback(host_standin)
+        .with_state((server, ingress));
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    base
+}
+
+/// Routes like the gateway does on a hostname that names one server (`<slug>.<domain>`, issuer `https://<host>`;
+/// the TLS the real ingress terminates is left out).
+async fn host_standin(
+    State((server, ingress)): State<(AuthServer, Ingress)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let slug = host.split('.').next().unwrap_or("").to_owned();
+    if slug != "a" && slug != "b" {
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        return resp;
+    }
+    let server_id = format!("srv_{slug}");
+    let origin = format!("https://{host}");
+    let path = req.uri().path().to_owned();
+    let endpoint = match path.as_str() {
+        "/.well-known/oauth-authorization-server" => Endpoint::AuthorizationServerMetadata,
+        "/.well-known/openid-configuration" => Endpoint::OpenIdConfiguration,
+        "/token" => Endpoint::Token,
+        "/register" => Endpoint::Register,
+        "/revoke" => Endpoint::Revoke,
+        p if p.starts_with("/_airlock/oauth/") => Endpoint::Pages,
+        _ => {
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::UNAUTHORIZED;
+            return resp;
+        }
+    };
+    let ctx = RequestContext {
+        server_id: Some(server_id),
+        endpoint,
+        issuer: origin.clone(),
+        resource: format!("{origin}/mcp"),
+        origin,
+        peer: Some(peer),
+        ingress,
+    };
+    server.handle(ctx, req).await
 }
 
 /// Routes like the gateway does (loopback flavour: path issuers `/<slug>`).
@@ -332,18 +415,31 @@ pub async fn oauth2_http(req: oauth2::HttpRequest) -> Result<oauth2::HttpRespons
     Ok(out)
 }
 
-/// A browser: keeps cookies of the loopback origin, never runs scripts.
+/// A browser: keeps cookies of the one origin it talks to, never runs scripts.
 #[derive(Default)]
 pub struct Browser {
     pub cookies: HashMap<String, String>,
+    /// `Host` to send (a hostname of a stand-in host ingress); `None`: the URL's.
+    pub host: Option<String>,
 }
 
 impl Browser {
+    /// A browser talking to `host` (e.g. `a.relay.test`) on a stand-in host ingress.
+    pub fn for_host(host: &str) -> Browser {
+        Browser {
+            host: Some(host.to_owned()),
+            ..Browser::default()
+        }
+    }
+
     pub async fn get(&mut self, url: &str) -> Resp {
         let cookie = self.cookie_header();
         let mut h = vec![];
         if !cookie.is_empty() {
             h.push(("cookie", cookie.as_str()));
+        }
+        if let Some(host) = &self.host {
+            h.push(("host", host.as_str()));
         }
         let r = request(Method::GET, url, &h, None).await;
         self.keep(&r);
@@ -361,6 +457,9 @@ impl Browser {
         }
         if let Some(o) = origin {
             h.push(("origin", o));
+        }
+        if let Some(host) = &self.host {
+            h.push(("host", host.as_str()));
         }
         let r = request(Method::POST, url, &h, Some(body.into_bytes())).await;
         self.keep(&r);
