@@ -304,7 +304,12 @@ pub fn result_text(result: &Value) -> String {
 
 /// `airlock sandbox login --base-url BASE --environment-id ID` in `home` with `key` on standard input (never argv).
 /// Asserts success and that the key shows in neither stdout nor stderr; returns the output.
-pub fn sandbox_login(home: &TestHome, base: &str, environment_id: &str, key: &str) -> crate::Output {
+pub fn sandbox_login(
+    home: &TestHome,
+    base: &str,
+    environment_id: &str,
+    key: &str,
+) -> crate::Output {
     let mut cmd = home.airlock();
     cmd.args([
         "sandbox",

@@ -7,140 +7,29 @@
 //! the session and its calls; `airlock sandbox off` stops the worker.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::collections::HashMap;
 use std::net::TcpListener;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use airlock_e2e::{Agent, TestHome, descendants_matching, free_port, send_signal};
+use airlock_e2e::queue::{Orchestrator, Queue, result_text, sandbox_agent_config, sandbox_login};
+use airlock_e2e::{Agent, TestHome, descendants_matching};
 use serde_json::{Value, json};
 
 const FAKE_KEY: &str = "FAKE-PRIVATE-KEY-MATERIAL-3f9a";
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = send_signal(self.0.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `airlock relay --api 127.0.0.1:PORT` (queue only), started and waited for.
-fn start_queue(home: &TestHome, state: &str, port: u16) -> KillOnDrop {
-    let mut cmd = home.airlock();
-    cmd.args([
-        "--log-format",
-        "json",
-        "relay",
-        "--api",
-        &format!("127.0.0.1:{port}"),
-        "--state",
-        state,
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut relay = KillOnDrop(cmd.spawn().unwrap());
-    let stderr = relay.0.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let started = Instant::now();
-    let mut log = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(l) if l.contains("work queue API ready") => return relay,
-            Ok(l) => log.push(l),
-            Err(_) => {}
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "relay --api did not start: {log:?}"
-        );
-    }
-}
-
-struct Orchestrator {
-    base: String,
-    api_key: String,
-    http: reqwest::Client,
-}
-
-impl Orchestrator {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut rb = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("x-api-key", &self.api_key)
-            .header("anthropic-version", "2023-06-01")
-            .header("anthropic-beta", "managed-agents-2026-04-01");
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let r = rb.send().await.unwrap();
-        let status = r.status();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{path}: {status} {v}");
-        v
-    }
-
-    async fn post_calls(&self, sid: &str, calls: Vec<Value>) -> Vec<String> {
-        let posted = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/sessions/{sid}/events"),
-                Some(json!({ "events": calls })),
+/// `tool_use_id -> (is_error, text of the content)` of the session's tool results.
+async fn results_by_id(o: &Orchestrator, sid: &str) -> HashMap<String, (bool, String)> {
+    o.results(sid)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "user.tool_result")
+        .map(|e| {
+            (
+                e["tool_use_id"].as_str().unwrap().to_string(),
+                (e["is_error"].as_bool().unwrap(), result_text(e)),
             )
-            .await;
-        posted["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["id"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    /// `tool_use_id -> (is_error, text of the content)`.
-    async fn results(&self, sid: &str) -> std::collections::HashMap<String, (bool, String)> {
-        let v = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/sessions/{sid}/events?limit=1000"),
-                None,
-            )
-            .await;
-        v["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["type"] == "user.tool_result")
-            .map(|e| {
-                let text = e["content"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|b| b["text"].as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                (
-                    e["tool_use_id"].as_str().unwrap().to_string(),
-                    (e["is_error"].as_bool().unwrap(), text),
-                )
-            })
-            .collect()
-    }
+        })
+        .collect()
 }
 
 /// Collects the agent's `sandbox` events (SSE on the control API).
@@ -176,33 +65,18 @@ fn watch_events(api_url: String, token: String) -> tokio::sync::mpsc::UnboundedR
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandbox_worker_runs_a_session_in_the_agent_and_contains_escapes() {
     let home = TestHome::new();
-    let state = home.scratch().join("relay-state");
-    let state_s = state.to_str().unwrap().to_string();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let _queue = start_queue(&home, &state_s, port);
-
-    let env = home.cli(&[
-        "relay", "env", "create", "--name", "laptop", "--state", &state_s,
-    ]);
-    env.assert_success("airlock relay env create");
-    let env = env.json();
-    let env_id = env["environment_id"].as_str().unwrap().to_string();
-    let env_key = env["environment_key"].as_str().unwrap().to_string();
-    let orchestrator = Orchestrator {
-        base: base.clone(),
-        api_key: env["api_key"].as_str().unwrap().to_string(),
-        http: reqwest::Client::new(),
-    };
+    let queue = Queue::start(&home);
+    let base = queue.base.clone();
+    let env = queue.create_env(&home, Some("laptop"));
+    let (env_id, env_key) = (env.id.clone(), env.key.clone());
+    let orchestrator = env.orchestrator.clone();
 
     // The user's secrets the tools must not reach.
     let id_rsa = home.write(
         ".ssh/id_rsa",
         &format!("-----BEGIN OPENSSH PRIVATE KEY-----\n{FAKE_KEY}\n"),
     );
-    home.write_airlock_config(
-        "[discovery]\nprobe_running = false\n\n[keystore]\nbackend = \"file\"\n\n[relay]\nembedded = false\n",
-    );
+    home.write_airlock_config(&sandbox_agent_config(""));
     let agent = Agent::start(home);
     let user_home = agent.home.home();
     let airlock_home = agent.home.airlock_home();
@@ -218,32 +92,7 @@ async fn sandbox_worker_runs_a_session_in_the_agent_and_contains_escapes() {
     );
 
     // Login: the key from stdin, never argv; it lands in the keystore, not in config.toml or the output.
-    let mut cmd = agent.home.airlock();
-    cmd.args([
-        "sandbox",
-        "login",
-        "--base-url",
-        &base,
-        "--environment-id",
-        &env_id,
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{env_key}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "login failed: {stdout} {stderr}");
-    assert!(!stdout.contains(&env_key) && !stderr.contains(&env_key));
+    sandbox_login(&agent.home, &base, &env_id, &env_key);
     let config_text = std::fs::read_to_string(airlock_home.join("config.toml")).unwrap();
     assert!(config_text.contains(&env_id), "{config_text}");
     assert!(
@@ -276,14 +125,7 @@ async fn sandbox_worker_runs_a_session_in_the_agent_and_contains_escapes() {
     service.set_nonblocking(true).unwrap();
     let service_port = service.local_addr().unwrap().port();
 
-    let s = orchestrator
-        .call(
-            reqwest::Method::POST,
-            "/v1/sessions",
-            Some(json!({"agent": "scripted", "environment_id": env_id})),
-        )
-        .await;
-    let sid = s["id"].as_str().unwrap().to_string();
+    let sid = orchestrator.create_session(&env_id, Value::Null).await;
     let escape_write = user_home.join("escape.txt");
     let escape_bash = user_home.join("escape-bash.txt");
     let agent_json = airlock_home.join("run/agent.json");
@@ -300,7 +142,7 @@ async fn sandbox_worker_runs_a_session_in_the_agent_and_contains_escapes() {
         json!({"type": "agent.tool_use", "name": "bash", "input": {"command": "sleep 3; echo slept"}}),
         json!({"type": "agent.tool_use", "name": "bash", "input": {"command": format!("curl -sS --noproxy '*' --max-time 5 http://127.0.0.1:{service_port}/")}}),
     ];
-    let ids = orchestrator.post_calls(&sid, calls).await;
+    let ids = orchestrator.post_events(&sid, calls).await;
 
     // While the slow call runs, the status shows it in flight.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -321,7 +163,7 @@ async fn sandbox_worker_runs_a_session_in_the_agent_and_contains_escapes() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let results = loop {
-        let r = orchestrator.results(&sid).await;
+        let r = results_by_id(&orchestrator, &sid).await;
         if r.len() >= ids.len() {
             break r;
         }
@@ -440,14 +282,16 @@ async fn sandbox_worker_runs_a_session_in_the_agent_and_contains_escapes() {
             .contains("enabled = false")
     );
     let late = orchestrator
-        .post_calls(
+        .post_events(
             &sid,
             vec![json!({"type": "agent.tool_use", "name": "bash", "input": {"command": "echo late"}})],
         )
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        !orchestrator.results(&sid).await.contains_key(&late[0]),
+        !results_by_id(&orchestrator, &sid)
+            .await
+            .contains_key(&late[0]),
         "a stopped worker served a call"
     );
     assert!(
@@ -457,35 +301,6 @@ async fn sandbox_worker_runs_a_session_in_the_agent_and_contains_escapes() {
     let st = agent.cli_json(&["sandbox", "status", "--json"]);
     assert_eq!(st["running"], false, "{st}");
     assert_eq!(st["worker"]["state"], "stopped", "{st}");
-}
-
-/// Runs `airlock sandbox login` in `home` with `key` on standard input.
-fn login(home: &TestHome, base: &str, env_id: &str, key: &str) {
-    let mut cmd = home.airlock();
-    cmd.args([
-        "sandbox",
-        "login",
-        "--base-url",
-        base,
-        "--environment-id",
-        env_id,
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{key}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "login failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn wait_status(agent: &Agent, what: &str, f: impl Fn(&Value) -> bool) -> Value {
@@ -503,56 +318,32 @@ fn wait_status(agent: &Agent, what: &str, f: impl Fn(&Value) -> bool) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enabled_worker_starts_with_the_agent_scrubs_the_environment_and_reports_a_rejected_key() {
     let mut home = TestHome::new();
-    let state = home.scratch().join("relay-state");
-    let state_s = state.to_str().unwrap().to_string();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let _queue = start_queue(&home, &state_s, port);
-    let env = home.cli(&["relay", "env", "create", "--state", &state_s]);
-    env.assert_success("airlock relay env create");
-    let env = env.json();
-    let env_id = env["environment_id"].as_str().unwrap().to_string();
-    let orchestrator = Orchestrator {
-        base: base.clone(),
-        api_key: env["api_key"].as_str().unwrap().to_string(),
-        http: reqwest::Client::new(),
-    };
+    let queue = Queue::start(&home);
+    let base = queue.base.clone();
+    let env = queue.create_env(&home, None);
+    let env_id = env.id.clone();
+    let orchestrator = env.orchestrator.clone();
     // Secrets in the agent's own environment must not reach the tools.
     home.set_env("ANTHROPIC_API_KEY", "sk-ant-agent-secret-7c1e");
     home.set_env("AWS_SECRET_ACCESS_KEY", "aws-agent-secret-51d0");
-    home.write_airlock_config(
-        "[discovery]\nprobe_running = false\n\n[keystore]\nbackend = \"file\"\n\n[relay]\nembedded = false\n\n\
-         [sandbox]\nenabled = true\n",
-    );
+    home.write_airlock_config(&sandbox_agent_config("[sandbox]\nenabled = true\n"));
     // Logged in before the agent runs (the keystore is shared), enabled in config.toml: the worker starts with it.
-    login(
-        &home,
-        &base,
-        &env_id,
-        env["environment_key"].as_str().unwrap(),
-    );
+    sandbox_login(&home, &base, &env_id, &env.key);
     let agent = Agent::start(home);
     wait_status(&agent, "the enabled worker never started", |st| {
         st["running"] == true && st["worker"]["state"] == "polling"
     });
 
-    let s = orchestrator
-        .call(
-            reqwest::Method::POST,
-            "/v1/sessions",
-            Some(json!({"agent": "scripted", "environment_id": env_id})),
-        )
-        .await;
-    let sid = s["id"].as_str().unwrap().to_string();
+    let sid = orchestrator.create_session(&env_id, Value::Null).await;
     let ids = orchestrator
-        .post_calls(
+        .post_events(
             &sid,
             vec![json!({"type": "agent.tool_use", "name": "bash", "input": {"command": "env; echo home=$HOME"}})],
         )
         .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let (err, text) = loop {
-        if let Some(r) = orchestrator.results(&sid).await.get(&ids[0]) {
+        if let Some(r) = results_by_id(&orchestrator, &sid).await.get(&ids[0]) {
             break r.clone();
         }
         assert!(Instant::now() < deadline, "no result");
@@ -583,7 +374,7 @@ async fn enabled_worker_starts_with_the_agent_scrubs_the_environment_and_reports
     }
 
     // A key the queue rejects: the worker stops by itself and says why.
-    login(&agent.home, &base, &env_id, "not-the-environment-key");
+    sandbox_login(&agent.home, &base, &env_id, "not-the-environment-key");
     agent.cli(&["sandbox", "off"]).assert_success("sandbox off");
     let on = agent.cli_json(&["sandbox", "on", "--json"]);
     assert_eq!(on["enabled"], true, "{on}");
