@@ -1,203 +1,151 @@
 //! Must-show: the official `anthropic` Python SDK's `EnvironmentWorker` runs a scripted session against the work
-//! queue that `airlock relay --api` serves, to completion (the queue speaks the real protocol), and Airlock's worker
-//! runs the same script against the same server to the same results (the worker speaks it too).
+//! queue that `airlock relay --api` serves, to completion (the queue speaks the real protocol), and Airlock's own
+//! worker — the `airlock up` agent with `airlock sandbox on`, its tools executed in the bubblewrap/Landlock sandbox —
+//! runs the same script against the same server to the same results: the same calls answered (owned, allowed) and
+//! left alone (custom tools, denials), the same error flags and the same content blocks.
+//!
+//! The script covers every worker-side tool of `agent_toolset_20260401` (bash, read, write, edit, glob, grep), their
+//! output shapes (trailing newlines, empty output, ANSI escapes, non-ASCII text, line ranges), their error answers
+//! (failing commands, missing files, paths outside the workdir, edits that do not apply), the persistent shell (a
+//! variable and a `cd` carried to later calls) and the permission gating (`ask` confirmed and denied, `deny`).
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use airlock_e2e::{TestHome, free_port, py_script, send_signal, venv_python};
-use airlock_worker::{
-    SessionContext, SessionTools, ToolExecutor, ToolOutput, Worker, WorkerConfig,
+use airlock_e2e::queue::{
+    Orchestrator, Queue, QueueEnv, StopOnDrop, sandbox_agent_config, sandbox_login,
 };
-use futures::future::BoxFuture;
+use airlock_e2e::{Agent, TestHome, py_script, venv_python};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = send_signal(self.0.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[derive(Clone)]
-struct Env {
-    base: String,
-    id: String,
-    key: String,
-    api_key: String,
-    http: reqwest::Client,
-}
-
-impl Env {
-    fn create(home: &TestHome, state: &str, base: &str, name: &str) -> Self {
-        let out = home.cli(&["relay", "env", "create", "--name", name, "--state", state]);
-        out.assert_success("airlock relay env create");
-        let v = out.json();
-        for k in ["environment_id", "environment_key", "api_key"] {
-            assert!(
-                v[k].as_str().is_some_and(|s| !s.is_empty()),
-                "{k} missing: {v}"
-            );
-        }
-        assert!(
-            !out.stderr.contains(v["environment_key"].as_str().unwrap()),
-            "keys are printed once, on stdout"
-        );
-        Self {
-            base: base.into(),
-            id: v["environment_id"].as_str().unwrap().into(),
-            key: v["environment_key"].as_str().unwrap().into(),
-            api_key: v["api_key"].as_str().unwrap().into(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut rb = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("x-api-key", &self.api_key)
-            .header("anthropic-version", "2023-06-01")
-            .header("anthropic-beta", "managed-agents-2026-04-01");
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let r = rb.send().await.unwrap();
-        let status = r.status();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{path}: {status} {v}");
-        v
-    }
-
-    async fn results(&self, sid: &str) -> Vec<Value> {
-        let v = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/sessions/{sid}/events?limit=1000"),
-                None,
-            )
-            .await;
-        v["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["type"] == "user.tool_result" || e["type"] == "user.custom_tool_result")
-            .cloned()
-            .collect()
-    }
-
-    async fn wait_results(&self, sid: &str, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let r = self.results(sid).await;
-            if r.len() >= n {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waited for {n} results, have {r:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn work_state(&self, sid: &str) -> Option<String> {
-        let v = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/environments/{}/work?limit=100", self.id),
-                None,
-            )
-            .await;
-        v["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|w| w["data"]["id"] == sid)
-            .and_then(|w| w["state"].as_str().map(str::to_string))
-    }
-}
-
-/// The scripted session; returns `index of the tool call -> (is_error, content)` for every result.
-async fn run_script(env: &Env) -> Vec<(usize, bool, Value)> {
-    let s = env
-        .call(
-            reqwest::Method::POST,
-            "/v1/sessions",
-            Some(json!({"agent": "scripted", "environment_id": env.id, "metadata": {"case": "conformance"}})),
-        )
-        .await;
-    let sid = s["id"].as_str().unwrap().to_string();
-    let calls = vec![
-        json!({"type": "agent.tool_use", "name": "bash", "input": {"command": "echo hello"}}),
-        json!({"type": "agent.tool_use", "name": "write", "input": {"file_path": "notes.txt", "content": "alpha\nbeta\n"}}),
-        json!({"type": "agent.tool_use", "name": "read", "input": {"file_path": "notes.txt"}}),
-        json!({"type": "agent.tool_use", "name": "bash", "input": {"command": "echo oops >&2; false"}}),
-        json!({"type": "agent.tool_use", "name": "bash", "input": {"command": "printf 'x\\ny\\n' | wc -l"}}),
+/// The scripted calls, in the order the agent side posts them.
+fn script() -> Vec<Value> {
+    let bash = |command: &str| json!({"type": "agent.tool_use", "name": "bash", "input": {"command": command}});
+    let tool =
+        |name: &str, input: Value| json!({"type": "agent.tool_use", "name": name, "input": input});
+    vec![
+        /* 0 */ bash("echo hello"),
+        /* 1 */
+        tool(
+            "write",
+            json!({"file_path": "notes.txt", "content": "alpha\nbeta\n"}),
+        ),
+        /* 2 */ tool("read", json!({"file_path": "notes.txt"})),
+        /* 3 */ bash("echo oops >&2; false"),
+        /* 4 */ bash("printf 'x\\ny\\n' | wc -l"),
+        /* 5 */
         json!({"type": "agent.tool_use", "name": "bash", "input": {"command": "echo gated"}, "evaluated_permission": "ask"}),
+        /* 6 */
         json!({"type": "agent.tool_use", "name": "bash", "input": {"command": "echo never"}, "evaluated_permission": "deny"}),
+        /* 7 */
         json!({"type": "agent.custom_tool_use", "name": "lookup", "input": {"q": "served by the app backend"}}),
+        /* 8 */
         json!({"type": "agent.tool_use", "name": "bash", "input": {"command": "echo rejected"}, "evaluated_permission": "ask"}),
-    ];
-    let posted = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/sessions/{sid}/events"),
-            Some(json!({ "events": calls })),
-        )
+        /* 9 */
+        tool(
+            "write",
+            json!({"file_path": "dir/uni.txt", "content": "h\u{e9}llo w\u{f6}rld\n"}),
+        ),
+        /* 10 */
+        tool(
+            "read",
+            json!({"file_path": "notes.txt", "view_range": [2, 2]}),
+        ),
+        /* 11 */
+        tool(
+            "edit",
+            json!({"file_path": "notes.txt", "old_string": "beta", "new_string": "gamma"}),
+        ),
+        /* 12 */
+        tool(
+            "edit",
+            json!({"file_path": "notes.txt", "old_string": "delta", "new_string": "x"}),
+        ),
+        /* 13 */ tool("glob", json!({"pattern": "dir/*.txt"})),
+        /* 14 */ tool("grep", json!({"pattern": "gam+a"})),
+        /* 15 */ tool("read", json!({"file_path": "missing.txt"})),
+        /* 16 */ bash("true"),
+        /* 17 */ bash("export SCRIPT_VAR=42"),
+        /* 18 */ bash("echo \"var=$SCRIPT_VAR\""),
+        /* 19 */ bash("printf 'a\\n\\n\\n'"),
+        /* 20 */ bash("false"),
+        /* 21 */ tool("read", json!({"file_path": "../outside.txt"})),
+        /* 22 */ bash("printf '\\033[31mred\\033[0m\\n'"),
+        /* 23 */ bash("cat"),
+        /* 24 */ bash("cd dir && cat uni.txt"),
+        /* 25 */ bash("ls"),
+        /* 26 */ tool("read", json!({"file_path": "dir/uni.txt"})),
+    ]
+}
+
+/// Calls the worker must leave alone until the user confirms them (`ask`): 5 (allowed later) and 8 (denied).
+const ASK_ALLOW: usize = 5;
+const ASK_DENY: usize = 8;
+/// Calls never answered by a worker: `deny` from the server, a custom tool another client serves, a denied `ask`.
+const NEVER_ANSWERED: [usize; 3] = [6, 7, ASK_DENY];
+
+/// One answered call: `(index in the script, is_error, content with the workdir written as <workdir>)`.
+type Answer = (usize, bool, Value);
+
+/// Runs the script in a new session of `env` to completion (the work item stopped after the turn ended); returns
+/// the answers in script order and the session id. `workdir(sid)` is where the worker ran the session's tools.
+async fn run_script(
+    env: &QueueEnv,
+    end_within: Duration,
+    workdir: impl Fn(&str) -> PathBuf,
+) -> (Vec<Answer>, String) {
+    let o: &Orchestrator = &env.orchestrator;
+    let sid = o
+        .create_session(&env.id, json!({"case": "conformance"}))
         .await;
-    let ids: Vec<String> = posted["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_string())
-        .collect();
-    env.wait_results(&sid, 5).await;
+    let calls = script();
+    let n = calls.len();
+    let ids = o.post_events(&sid, calls).await;
+    let before_confirmation = n - NEVER_ANSWERED.len() - 1;
+    o.wait_results(&sid, before_confirmation, Duration::from_secs(120))
+        .await;
     // The gated calls wait for their confirmations.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        env.results(&sid).await.len(),
-        5,
-        "an `ask` call ran unconfirmed"
+        o.results(&sid).await.len(),
+        before_confirmation,
+        "an `ask` call ran unconfirmed, or a call that is not the worker's was answered"
     );
-    env.call(
-        reqwest::Method::POST,
-        &format!("/v1/sessions/{sid}/events"),
-        Some(json!({"events": [
-            {"type": "user.tool_confirmation", "tool_use_id": ids[5], "result": "allow"},
-            {"type": "user.tool_confirmation", "tool_use_id": ids[8], "result": "deny"},
-        ]})),
+    o.post_events(
+        &sid,
+        vec![
+            json!({"type": "user.tool_confirmation", "tool_use_id": ids[ASK_ALLOW], "result": "allow"}),
+            json!({"type": "user.tool_confirmation", "tool_use_id": ids[ASK_DENY], "result": "deny"}),
+        ],
     )
     .await;
-    env.wait_results(&sid, 6).await;
+    o.wait_results(&sid, before_confirmation + 1, Duration::from_secs(60))
+        .await;
     // The turn ends; after max_idle the worker lets go of the item and force-stops it.
-    env.call(
-        reqwest::Method::POST,
-        &format!("/v1/sessions/{sid}/events"),
-        Some(json!({"events": [{"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}]})),
+    o.post_events(
+        &sid,
+        vec![json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}})],
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while env.work_state(&sid).await.as_deref() != Some("stopped") {
-        assert!(Instant::now() < deadline, "the work item never stopped");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + end_within;
+    while o.work_state(&env.id, &sid).await.as_deref() != Some("stopped") {
+        assert!(
+            Instant::now() < deadline,
+            "the work item never stopped (waited {end_within:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let results = env.results(&sid).await;
-    let mut out: Vec<(usize, bool, Value)> = results
+    // The workdir is each worker's own choice (the SDK's: the folder it was given; Airlock's: a fresh folder per
+    // session), and the reference's glob and grep answer with absolute paths: the one normalisation.
+    let root = workdir(&sid);
+    let root = root.canonicalize().unwrap_or(root);
+    let root = root.to_str().unwrap().to_string();
+    let mut out: Vec<Answer> = o
+        .results(&sid)
+        .await
         .iter()
         .map(|r| {
             let id = r["tool_use_id"]
@@ -205,133 +153,102 @@ async fn run_script(env: &Env) -> Vec<(usize, bool, Value)> {
                 .or(r["custom_tool_use_id"].as_str())
                 .unwrap();
             let idx = ids.iter().position(|i| i == id).unwrap();
-            (idx, r["is_error"].as_bool().unwrap(), r["content"].clone())
+            let content: Value =
+                serde_json::from_str(&r["content"].to_string().replace(&root, "<workdir>"))
+                    .unwrap();
+            (idx, r["is_error"].as_bool().unwrap(), content)
         })
         .collect();
     out.sort_by_key(|(i, _, _)| *i);
-    out
+    (out, sid)
 }
 
-/// Test double of the sandbox executor with the reference tools' observable behaviour for this script
-/// (the sandbox crate implements the real ones).
-#[derive(Clone)]
-struct ScriptTools {
-    workdir: std::path::PathBuf,
-}
-
-impl ToolExecutor for ScriptTools {
-    fn open_session(
-        &self,
-        _ctx: SessionContext,
-    ) -> BoxFuture<'_, Result<Box<dyn SessionTools>, String>> {
-        let t = self.clone();
-        Box::pin(async move { Ok(Box::new(t) as Box<dyn SessionTools>) })
+/// Whether Airlock's answer `air` to a call is the SDK's answer `sdk`: equal, or one of the few shapes on which the
+/// two reference implementations themselves differ (the Python SDK's `agent_toolset.py` and the TypeScript SDK's
+/// `tools/agent-toolset/node.ts`), where Airlock's answer is exactly the TypeScript one:
+/// * `write` counts the content in code points in Python (`len(content)`) and in UTF-8 bytes in TypeScript
+///   (`Buffer.byteLength`); both print `wrote <n> bytes to <file_path>`;
+/// * a failing `bash` command without output is `(no output)` in Python (an empty tool error) and `exit <status>` in
+///   TypeScript;
+/// * a path outside the workdir is `<tool>: path '<p>' is outside the session's working directory` in Python and
+///   `path "<p>" is outside the session's working directory` in TypeScript.
+///
+/// Everything else (error flags, every other text, trailing newlines, block types) must be equal.
+fn same_answer(sdk: &Answer, air: &Answer) -> bool {
+    if sdk == air {
+        return true;
+    }
+    if sdk.0 != air.0 || sdk.1 != air.1 {
+        return false;
+    }
+    let call = &script()[sdk.0];
+    let text = |a: &Answer| match a.2.as_array().map(Vec::as_slice) {
+        Some([b]) if b["type"] == "text" => b["text"].as_str().map(str::to_string),
+        _ => None,
+    };
+    let (Some(s), Some(a)) = (text(sdk), text(air)) else {
+        return false;
+    };
+    let name = call["name"].as_str().unwrap_or_default();
+    let input = &call["input"];
+    let file_path = input["file_path"].as_str().unwrap_or_default();
+    match name {
+        "write" if !sdk.1 => {
+            let content = input["content"].as_str().unwrap_or_default();
+            s == format!("wrote {} bytes to {file_path}", content.chars().count())
+                && a == format!("wrote {} bytes to {file_path}", content.len())
+        }
+        "bash" if sdk.1 => {
+            s == "(no output)"
+                && a.strip_prefix("exit ")
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| c != 0)
+        }
+        "read" | "write" | "edit" if sdk.1 => {
+            s == format!("{name}: path '{file_path}' is outside the session's working directory")
+                && a == format!(
+                    "path {} is outside the session's working directory",
+                    json!(file_path)
+                )
+        }
+        _ => false,
     }
 }
 
-impl SessionTools for ScriptTools {
-    fn owns(&self, name: &str) -> bool {
-        matches!(name, "bash" | "read" | "write")
-    }
-    fn run_tool<'a>(
-        &'a mut self,
-        name: &'a str,
-        input: &'a Value,
-        _c: CancellationToken,
-    ) -> BoxFuture<'a, ToolOutput> {
-        Box::pin(async move {
-            let path = |k: &str| self.workdir.join(input[k].as_str().unwrap_or_default());
-            match name {
-                "write" => {
-                    let content = input["content"].as_str().unwrap_or_default();
-                    std::fs::write(path("file_path"), content).unwrap();
-                    ToolOutput::text(format!(
-                        "wrote {} bytes to {}",
-                        content.chars().count(),
-                        input["file_path"].as_str().unwrap_or_default()
-                    ))
-                }
-                "read" => ToolOutput::text(std::fs::read_to_string(path("file_path")).unwrap()),
-                _ => {
-                    let cmd = format!(
-                        "{{ {}\n}} 2>&1",
-                        input["command"].as_str().unwrap_or_default()
-                    );
-                    let out = tokio::process::Command::new("/bin/bash")
-                        .arg("-c")
-                        .arg(cmd)
-                        .current_dir(&self.workdir)
-                        .output()
-                        .await
-                        .unwrap();
-                    let text = String::from_utf8_lossy(&out.stdout)
-                        .trim_end_matches('\n')
-                        .to_string();
-                    if out.status.success() {
-                        ToolOutput::text(text)
-                    } else {
-                        ToolOutput::error(text)
-                    }
-                }
-            }
+/// `index: input -> is_error, content` lines for a failure message.
+fn show(answers: &[Answer]) -> String {
+    let calls = script();
+    answers
+        .iter()
+        .map(|(i, e, c)| {
+            format!(
+                "  {i}: {} {} -> error={e} {c}",
+                calls[*i]["name"], calls[*i]["input"]
+            )
         })
-    }
-    fn close(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_sdk_worker_and_airlock_worker_run_the_same_session_to_the_same_results() {
     let home = TestHome::new();
-    let state = home.scratch().join("relay-state");
-    let state_s = state.to_str().unwrap().to_string();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    let queue = Queue::start(&home);
+    let sdk_env = queue.create_env(&home, Some("sdk"));
+    let air_env = queue.create_env(&home, Some("airlock"));
 
-    // The queue: `airlock relay --api` (no --domain: only the queue runs).
-    let mut cmd = home.airlock();
-    cmd.args([
-        "--log-format",
-        "json",
-        "relay",
-        "--api",
-        &format!("127.0.0.1:{port}"),
-        "--state",
-        &state_s,
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut relay = KillOnDrop(cmd.spawn().unwrap());
-    let stderr = relay.0.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let ready = Instant::now();
-    let mut log = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(l) if l.contains("work queue API ready") => break,
-            Ok(l) => log.push(l),
-            Err(_) => {}
-        }
-        assert!(
-            ready.elapsed() < Duration::from_secs(30),
-            "relay --api did not start: {log:?}"
-        );
-    }
-
-    // 1. The official SDK worker.
-    let sdk_env = Env::create(&home, &state_s, &base, "sdk");
+    // 1. The official SDK worker (its default toolset, a folder of its own).
+    let started = Instant::now();
     let sdk_workdir = home.scratch().join("sdk-workdir");
     std::fs::create_dir_all(&sdk_workdir).unwrap();
     let mut py = std::process::Command::new(venv_python());
     py.arg(py_script("env_sdk_worker.py"))
-        .args([&base, &sdk_env.id, sdk_workdir.to_str().unwrap(), "1.0"])
+        .args([
+            &queue.base,
+            &sdk_env.id,
+            sdk_workdir.to_str().unwrap(),
+            "1.0",
+        ])
         .env("ANTHROPIC_ENVIRONMENT_KEY", &sdk_env.key)
         .env_remove("ANTHROPIC_API_KEY")
         .env_remove("ANTHROPIC_BASE_URL")
@@ -339,7 +256,7 @@ async fn official_sdk_worker_and_airlock_worker_run_the_same_session_to_the_same
         .stderr(Stdio::from(
             std::fs::File::create(home.scratch().join("sdk-worker.log")).unwrap(),
         ));
-    let mut sdk = KillOnDrop(py.spawn().unwrap());
+    let mut sdk = StopOnDrop(py.spawn().unwrap());
     let mut first = String::new();
     BufReader::new(sdk.0.stdout.take().unwrap())
         .read_line(&mut first)
@@ -349,49 +266,99 @@ async fn official_sdk_worker_and_airlock_worker_run_the_same_session_to_the_same
         "the SDK worker did not start: {first:?}"
     );
     println!("anthropic SDK {}", first.trim());
-    let sdk_results = run_script(&sdk_env).await;
+    let (sdk_results, _) =
+        run_script(&sdk_env, Duration::from_secs(60), |_| sdk_workdir.clone()).await;
     drop(sdk);
-    assert!(std::fs::read_to_string(sdk_workdir.join("notes.txt")).unwrap() == "alpha\nbeta\n");
-
-    // 2. Airlock's worker, same script, same server.
-    let air_env = Env::create(&home, &state_s, &base, "airlock");
-    let air_workdir = home.scratch().join("airlock-workdir");
-    std::fs::create_dir_all(&air_workdir).unwrap();
-    let mut cfg = WorkerConfig::new(
-        air_env.id.clone(),
-        airlock_worker::Secret::new(air_env.key.clone()),
+    println!("SDK worker: {:?}", started.elapsed());
+    assert_eq!(
+        std::fs::read_to_string(sdk_workdir.join("notes.txt")).unwrap(),
+        "alpha\ngamma\n"
     );
-    cfg.base_url = base.clone();
-    cfg.max_idle = Some(Duration::from_secs(1));
-    let worker = Arc::new(
-        Worker::new(
-            cfg,
-            Arc::new(ScriptTools {
-                workdir: air_workdir.clone(),
-            }),
-        )
-        .unwrap(),
-    );
-    let cancel = CancellationToken::new();
-    let w = worker.clone();
-    let c = cancel.clone();
-    let task = tokio::spawn(async move { w.run(c).await });
-    let air_results = run_script(&air_env).await;
-    cancel.cancel();
-    task.await.unwrap().unwrap();
 
-    let expected_indexes: Vec<usize> = vec![0, 1, 2, 3, 4, 5];
+    // The SDK answered exactly the owned, allowed calls, and its answers are the reference's (spot checks).
+    let expected: Vec<usize> = (0..script().len())
+        .filter(|i| !NEVER_ANSWERED.contains(i))
+        .collect();
     assert_eq!(
         sdk_results.iter().map(|r| r.0).collect::<Vec<_>>(),
-        expected_indexes,
-        "the SDK answered exactly the owned, allowed calls: {sdk_results:?}"
+        expected,
+        "the SDK answered other calls than the owned, allowed ones:\n{}",
+        show(&sdk_results)
     );
-    assert_eq!(sdk_results[0].2, json!([{"type": "text", "text": "hello"}]));
-    assert!(sdk_results[3].1, "a failing command is a tool error");
+    let get = |r: &[Answer], i: usize| r.iter().find(|a| a.0 == i).cloned().unwrap();
     assert_eq!(
-        air_results, sdk_results,
-        "Airlock's worker produced other results than the SDK's"
+        get(&sdk_results, 0),
+        (0, false, json!([{"type": "text", "text": "hello"}]))
     );
-    let recent = worker.status().borrow().recent.clone();
-    assert_eq!(recent.iter().filter(|r| r.posted).count(), 6, "{recent:?}");
+    assert!(get(&sdk_results, 3).1, "a failing command is a tool error");
+    assert_eq!(
+        get(&sdk_results, 18).2,
+        json!([{"type": "text", "text": "var=42"}]),
+        "the shell persists"
+    );
+
+    // 2. Airlock's worker in the agent: `sandbox login` (key on stdin), `sandbox on`, tools in the OS sandbox.
+    let started = Instant::now();
+    home.write_airlock_config(&sandbox_agent_config(""));
+    sandbox_login(&home, &queue.base, &air_env.id, &air_env.key);
+    let agent = Agent::start(home);
+    let on = agent.cli_json(&["sandbox", "on", "--json"]);
+    assert_eq!(on["running"], true, "{on}");
+    assert_eq!(on["confined"], true, "bubblewrap works here: {on}");
+    let sessions_dir = agent.home.airlock_home().join("sandbox/sessions");
+    // The agent's worker keeps the reference's default max_idle (60 s) before it lets go of an ended session.
+    let (air_results, air_sid) = run_script(&air_env, Duration::from_secs(150), |sid| {
+        sessions_dir.join(sid)
+    })
+    .await;
+    println!("Airlock worker: {:?}", started.elapsed());
+    let air_workdir: &Path = &sessions_dir.join(&air_sid);
+    assert_eq!(
+        std::fs::read_to_string(air_workdir.join("notes.txt")).unwrap(),
+        "alpha\ngamma\n"
+    );
+    let st = agent.cli_json(&["sandbox", "status", "--json"]);
+    let recent = st["worker"]["recent"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        recent.iter().filter(|r| r["posted"] == true).count(),
+        expected.len(),
+        "{st}"
+    );
+
+    assert_eq!(
+        air_results.iter().map(|r| r.0).collect::<Vec<_>>(),
+        expected,
+        "Airlock answered other calls than the owned, allowed ones:\n{}",
+        show(&air_results)
+    );
+
+    // The same results, call by call.
+    let differences: Vec<String> = sdk_results
+        .iter()
+        .zip(air_results.iter())
+        .filter(|(s, a)| !same_answer(s, a))
+        .map(|(s, a)| {
+            format!(
+                "  {}: {} {}\n     SDK:     error={} {}\n     Airlock: error={} {} (call {})",
+                s.0,
+                script()[s.0]["name"],
+                script()[s.0]["input"],
+                s.1,
+                s.2,
+                a.1,
+                a.2,
+                a.0
+            )
+        })
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "Airlock's worker produced other results than the SDK's:\n{}\nSDK:\n{}\nAirlock:\n{}",
+        differences.join("\n"),
+        show(&sdk_results),
+        show(&air_results)
+    );
 }
