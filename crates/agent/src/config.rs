@@ -40,6 +40,27 @@ pub struct Config {
     /// The local sandbox worker for Claude Managed Agents (`airlock sandbox …`).
     #[serde(default)]
     pub sandbox: crate::sandbox::SandboxSection,
+    /// The OAuth authorization server's options.
+    #[serde(default, skip_serializing_if = "OAuthSection::is_default")]
+    pub oauth: OAuthSection,
+}
+
+/// `[oauth]`: options of the authorization server every exposed server is behind (read at start).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSection {
+    /// Serve the approval page on each server's relay hostname too, for a browser on another machine: the metadata
+    /// served through the relay then names that page. It shows a short code and cannot approve; approving in the
+    /// app or with `airlock approve <id> --code XXXX-XXXX` needs that code. Default false: the page is on loopback
+    /// only. The Anthropic tunnel always names the loopback page (no browser reaches its hostnames).
+    #[serde(default)]
+    pub remote_approval: bool,
+}
+
+impl OAuthSection {
+    pub fn is_default(&self) -> bool {
+        self == &OAuthSection::default()
+    }
 }
 
 /// `[relay]`: the self-hostable relay the agent connects to (outbound), or the embedded default.
@@ -483,6 +504,21 @@ mod tests {
             text,
             "file must be untouched"
         );
+    }
+
+    #[test]
+    fn oauth_remote_approval_is_off_unless_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        fs::write(&path, "[gateway]\nport = 1\n").unwrap();
+        assert!(!load(&path).unwrap().oauth.remote_approval);
+        fs::write(&path, "[oauth]\nremote_approval = true\n").unwrap();
+        assert!(load(&path).unwrap().oauth.remote_approval);
+        fs::write(&path, "[oauth]\nremote_aproval = true\n").unwrap();
+        assert!(matches!(
+            load(&path),
+            Err(AgentError::Config { line: 2, .. })
+        ));
     }
 
     #[test]

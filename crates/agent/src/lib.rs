@@ -162,8 +162,14 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
     let ingress_stop = CancellationToken::new();
     // OAuth 2.1 (resource server + authorization server) on every ingress: loopback, Anthropic tunnel, relay. No
     // other credential is accepted.
-    let (oauth_server, resource_server, audit_recorded) =
-        oauth::open(home.root().join("oauth.sqlite"), &gateway, gateway_port).await?;
+    let remote_approval = state.config().oauth.remote_approval;
+    let (oauth_server, resource_server, audit_recorded) = oauth::open(
+        home.root().join("oauth.sqlite"),
+        &gateway,
+        gateway_port,
+        remote_approval,
+    )
+    .await?;
     let _ = state.oauth.set(oauth_server.clone());
     let ingress = tokio::spawn(airlock_gateway::serve_loopback(
         gateway.clone(),

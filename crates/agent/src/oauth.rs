@@ -3,7 +3,9 @@
 //! authorization server's `resource → server` lookup.
 //!
 //! The database is `AIRLOCK_HOME/oauth.sqlite` (0600); the authorization endpoint is the loopback gateway's
-//! `/_airlock/oauth/authorize` (the person at the device approves there, in the UI or with `airlock approve`).
+//! `/_airlock/oauth/authorize` (the person at the device approves there, in the UI or with `airlock approve`). With
+//! `[oauth] remote_approval = true` a relay hostname's metadata names the page on that hostname instead, for a
+//! browser elsewhere: it shows a code, and approving at the device needs it.
 //!
 //! There is no other credential: every caller holds a token the authorization server issued for one server
 //! (through the OAuth flow, approved at the device, or minted with `airlock token create`).
@@ -133,16 +135,18 @@ impl oauth::ResourceResolver for Resources {
     }
 }
 
-/// Opens the authorization server for this home and gateway.
+/// Opens the authorization server for this home and gateway (`remote_approval`: `[oauth] remote_approval`).
 pub async fn open(
     db_path: std::path::PathBuf,
     gateway: &Gateway,
     gateway_port: u16,
+    remote_approval: bool,
 ) -> Result<(oauth::AuthServer, ResourceServer, Arc<tokio::sync::Notify>), AgentError> {
-    let config = oauth::Config::new(
+    let mut config = oauth::Config::new(
         db_path,
         format!("http://127.0.0.1:{gateway_port}/_airlock/oauth/authorize"),
     );
+    config.remote_approval = remote_approval;
     let server = oauth::AuthServer::open(oauth::Options::new(
         config,
         Arc::new(Resources(gateway.clone())),

@@ -96,6 +96,9 @@ enum Command {
         /// Comma-separated tool names `tools/call` is limited to (default: every tool).
         #[arg(long)]
         tools: Option<String>,
+        /// The code a remote approval page shows (`XXXX-XXXX`); required for requests listed as remote.
+        #[arg(long)]
+        code: Option<String>,
     },
     /// Deny a pending authorization request.
     Deny { id: String },
@@ -464,13 +467,13 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Status { json } => status(&home, json).await,
         Command::Servers { json } => servers(&home, json).await,
         Command::Approvals { json } => approvals(&home, json).await,
-        Command::Approve { id, tools } => {
+        Command::Approve { id, tools, code } => {
             let client = ControlClient::connect(&home)?;
             let tools = tools.map(|t| split_list(&t));
             client
                 .post(
                     &format!("/v1/approvals/{}/approve", enc(&id)),
-                    &json!({ "tools": tools }),
+                    &json!({ "tools": tools, "code": code }),
                 )
                 .await?;
             say!("approved {id}");
@@ -1585,10 +1588,15 @@ async fn approvals(home: &AirlockHome, json: bool) -> Result<(), Failure> {
         if let Some(u) = a.get("cimd_url").and_then(Value::as_str) {
             say!("    client metadata: {u}");
         }
+        if a.get("remote").and_then(Value::as_bool) == Some(true) {
+            say!(
+                "    opened in a browser elsewhere: approve with the code that page shows (`--code XXXX-XXXX`)"
+            );
+        }
     }
     if !items.is_empty() {
         say!(
-            "\nDecide with `airlock approve <id> [--tools a,b]` or `airlock deny <id>`. Never approve a request you did not start."
+            "\nDecide with `airlock approve <id> [--tools a,b] [--code XXXX-XXXX]` or `airlock deny <id>`. Never approve a request you did not start."
         );
     }
     Ok(())
