@@ -6,8 +6,9 @@
 //!
 //! The script covers every worker-side tool of `agent_toolset_20260401` (bash, read, write, edit, glob, grep), their
 //! output shapes (trailing newlines, empty output, ANSI escapes, non-ASCII text, line ranges), their error answers
-//! (failing commands, missing files, paths outside the workdir, edits that do not apply), the persistent shell (a
-//! variable and a `cd` carried to later calls) and the permission gating (`ask` confirmed and denied, `deny`).
+//! (failing commands, missing files, paths outside the workdir, edits that do not apply, a directory read as a file,
+//! a timeout), the persistent shell (a variable and a `cd` carried to later calls, a fresh shell after a restart)
+//! and the permission gating (`ask` confirmed and denied, `deny`).
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -78,6 +79,35 @@ fn script() -> Vec<Value> {
         /* 24 */ bash("cd dir && cat uni.txt"),
         /* 25 */ bash("ls"),
         /* 26 */ tool("read", json!({"file_path": "dir/uni.txt"})),
+        /* 27 */ tool("glob", json!({"pattern": "nothing/*.zzz"})),
+        /* 28 */ tool("grep", json!({"pattern": "zzz-none-zzz"})),
+        /* 29 */
+        tool(
+            "write",
+            json!({"file_path": "rep.txt", "content": "x-x-x\n"}),
+        ),
+        /* 30 */
+        tool(
+            "edit",
+            json!({"file_path": "rep.txt", "old_string": "x", "new_string": "y"}),
+        ),
+        /* 31 */
+        tool(
+            "edit",
+            json!({"file_path": "rep.txt", "old_string": "x", "new_string": "y", "replace_all": true}),
+        ),
+        /* 32 */ tool("read", json!({"file_path": "dir"})),
+        /* 33 */ bash("echo warn >&2"),
+        /* 34 */ tool("write", json!({"file_path": "empty.txt", "content": ""})),
+        /* 35 */ tool("read", json!({"file_path": "empty.txt"})),
+        /* 36 */
+        json!({"type": "agent.tool_use", "name": "bash", "input": {"command": "sleep 5", "timeout_ms": 1000}}),
+        // After a timeout the Python SDK keeps the dead shell (every later call answers `bash session terminated;
+        // restart required` until a restart), the TypeScript SDK starts a fresh one: the references differ, the
+        // script restarts the shell explicitly (without a command: Python ignores a command given with `restart`).
+        /* 37 */
+        json!({"type": "agent.tool_use", "name": "bash", "input": {"restart": true}}),
+        /* 38 */ bash("echo \"var=$SCRIPT_VAR\"; ls"),
     ]
 }
 
@@ -171,7 +201,11 @@ async fn run_script(
 /// * a failing `bash` command without output is `(no output)` in Python (an empty tool error) and `exit <status>` in
 ///   TypeScript;
 /// * a path outside the workdir is `<tool>: path '<p>' is outside the session's working directory` in Python and
-///   `path "<p>" is outside the session's working directory` in TypeScript.
+///   `path "<p>" is outside the session's working directory` in TypeScript;
+/// * a `read` of something that is not a regular file is `read: <p>: not a regular file` in Python and
+///   `read: <p> is not a regular file` in TypeScript;
+/// * a `bash` timeout is `bash: bash command timed out after <seconds as a float>s` in Python and
+///   `bash: bash command timed out after <n>ms` in TypeScript.
 ///
 /// Everything else (error flags, every other text, trailing newlines, block types) must be equal.
 fn same_answer(sdk: &Answer, air: &Answer) -> bool {
@@ -192,27 +226,51 @@ fn same_answer(sdk: &Answer, air: &Answer) -> bool {
     let name = call["name"].as_str().unwrap_or_default();
     let input = &call["input"];
     let file_path = input["file_path"].as_str().unwrap_or_default();
-    match name {
-        "write" if !sdk.1 => {
-            let content = input["content"].as_str().unwrap_or_default();
-            s == format!("wrote {} bytes to {file_path}", content.chars().count())
-                && a == format!("wrote {} bytes to {file_path}", content.len())
-        }
-        "bash" if sdk.1 => {
-            s == "(no output)"
-                && a.strip_prefix("exit ")
-                    .and_then(|c| c.parse::<i32>().ok())
-                    .is_some_and(|c| c != 0)
-        }
-        "read" | "write" | "edit" if sdk.1 => {
-            s == format!("{name}: path '{file_path}' is outside the session's working directory")
-                && a == format!(
-                    "path {} is outside the session's working directory",
-                    json!(file_path)
-                )
-        }
-        _ => false,
+    // (Python's answer, TypeScript's answer) pairs for this call.
+    let mut forms: Vec<(String, String)> = Vec::new();
+    if name == "write" && !sdk.1 {
+        let content = input["content"].as_str().unwrap_or_default();
+        forms.push((
+            format!("wrote {} bytes to {file_path}", content.chars().count()),
+            format!("wrote {} bytes to {file_path}", content.len()),
+        ));
     }
+    if name == "bash" && sdk.1 {
+        if let Some(ms) = input["timeout_ms"].as_u64() {
+            // Python prints the seconds as a float (`1.0s`), TypeScript the milliseconds (`1000ms`).
+            forms.push((
+                format!(
+                    "bash: bash command timed out after {:?}s",
+                    ms as f64 / 1000.0
+                ),
+                format!("bash: bash command timed out after {ms}ms"),
+            ));
+        }
+        // The exit status is not in Python's answer: any non-zero one.
+        if s == "(no output)"
+            && a.strip_prefix("exit ")
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| c != 0)
+        {
+            return true;
+        }
+    }
+    if matches!(name, "read" | "write" | "edit") && sdk.1 {
+        forms.push((
+            format!("{name}: path '{file_path}' is outside the session's working directory"),
+            format!(
+                "path {} is outside the session's working directory",
+                json!(file_path)
+            ),
+        ));
+    }
+    if name == "read" && sdk.1 {
+        forms.push((
+            format!("read: {file_path}: not a regular file"),
+            format!("read: {file_path} is not a regular file"),
+        ));
+    }
+    forms.iter().any(|(py, ts)| s == *py && a == *ts)
 }
 
 /// `index: input -> is_error, content` lines for a failure message.
