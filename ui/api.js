@@ -54,7 +54,9 @@ export const api = {
   setTunnelToken: (token) => request("POST", "/v1/tunnel/token", { token }),
   sandboxLogin: (body) => request("POST", "/v1/sandbox/login", body),
   approvals: () => request("GET", "/v1/approvals"),
-  approve: (id, tools) => request("POST", `/v1/approvals/${encodeURIComponent(id)}/approve`, tools ? { tools } : {}),
+  // `code`: the confirmation code a remote approval's page shows (required for those).
+  approve: (id, tools, code) =>
+    request("POST", `/v1/approvals/${encodeURIComponent(id)}/approve`, { ...(tools ? { tools } : {}), ...(code ? { code } : {}) }),
   deny: (id) => request("POST", `/v1/approvals/${encodeURIComponent(id)}/deny`, {}),
   clients: () => request("GET", "/v1/clients"),
   revoke: (id) => request("POST", "/v1/revoke", { id }),

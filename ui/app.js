@@ -43,6 +43,7 @@ const state = {
   oauthError: null,
   narrow: new Map(), // approval id -> Set of tool names unchecked
   narrowText: new Map(), // approval id -> typed tool list (when the client asked for all tools)
+  confirmCodes: new Map(), // approval id -> confirmation code typed for a remote approval
   deciding: new Set(),
   approvalErrors: new Map(),
   lastDecision: null,
@@ -259,6 +260,7 @@ function onOauthEvent(e) {
         state.approvals = state.approvals.filter((a) => a.id !== e.id);
         state.narrow.delete(e.id);
         state.narrowText.delete(e.id);
+        state.confirmCodes.delete(e.id);
         render();
       }
       break;
@@ -375,16 +377,22 @@ const actions = {
     state.narrowText.set(id, text);
     render();
   },
+  confirmCode(id, text) {
+    state.confirmCodes.set(id, text);
+    render();
+  },
   async decide(id, approve, tools) {
     const a = (state.approvals || []).find((x) => x.id === id);
     state.deciding.add(id);
     state.approvalErrors.delete(id);
     render();
     try {
-      await (approve ? api.approve(id, tools) : api.deny(id));
+      const confirm = a && a.remote ? (state.confirmCodes.get(id) || "").trim() : "";
+      await (approve ? api.approve(id, tools, confirm || undefined) : api.deny(id));
       state.approvals = (state.approvals || []).filter((x) => x.id !== id);
       state.narrow.delete(id);
       state.narrowText.delete(id);
+      state.confirmCodes.delete(id);
       if (a) {
         const srv = state.servers.find((x) => x.id === a.server_id);
         state.lastDecision = `${approve ? "Approved" : "Denied"}: ${a.client_name} for ${srv ? srv.name : a.server_name}${tools ? ` (${tools.length} tool${tools.length === 1 ? "" : "s"})` : ""}.`;

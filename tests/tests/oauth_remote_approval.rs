@@ -3,7 +3,9 @@
 //! hostname), which names the approval page on that same hostname; the browser elsewhere opens it and reads the
 //! confirmation code; `airlock approve <id>` without the code (and with a wrong one) is refused, with the code it
 //! succeeds; the status URL redirects with an authorization code the relay hostname's token endpoint exchanges for a
-//! token that works on the server through the relay. The loopback flow (used by `expose`) is unchanged.
+//! token that works on the server through the relay. The loopback flow (used by `expose`) is unchanged. The web UI
+//! (`tests/ui/remote-approval.test.mjs`, headless Chromium) asks for the code next to Approve and shows the API's
+//! message for a wrong one.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -12,7 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use airlock_e2e::oauth::{base64url, pct};
 use airlock_e2e::relay::{client_trusting, inner_tls};
-use airlock_e2e::{Agent, TestHome, raw_http, venv_bin, wait_for};
+use airlock_e2e::{
+    Agent, NodeTools, TestHome, raw_http, repo_root, run_with_timeout, venv_bin, wait_for,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -186,8 +190,25 @@ fn query_param(location: &str, name: &str) -> Option<String> {
 
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e-remote","version":"0"}}}"#;
 
-#[test]
-fn a_browser_elsewhere_opens_the_relay_page_and_the_person_confirms_its_code() {
+/// A running agent with remote approval, its exposed `time` server's relay site, and a registered client.
+struct World {
+    agent: Agent,
+    site: RelaySite,
+    relay_url: String,
+    client_id: String,
+    rt: tokio::runtime::Runtime,
+}
+
+/// One authorization request opened on the relay hostname's page.
+struct Opened {
+    id: String,
+    code: String,
+    verifier: String,
+    state: String,
+    status_path: String,
+}
+
+fn world() -> World {
     let home = TestHome::new();
     let cfg = json!({"mcpServers": {"time": {
         "command": venv_bin("mcp-server-time"), "args": ["--local-timezone", "UTC"]}}});
@@ -298,145 +319,249 @@ fn a_browser_elsewhere_opens_the_relay_page_and_the_person_confirms_its_code() {
         .as_str()
         .unwrap()
         .to_owned();
+    World {
+        agent,
+        site,
+        relay_url,
+        client_id,
+        rt,
+    }
+}
 
-    // The browser elsewhere opens the page: a code, no approve button.
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let verifier = format!("{nanos:0>48x}-remote-approval-verifier");
-    let challenge = base64url(&Sha256::digest(verifier.as_bytes()));
-    let state = format!("st{nanos:x}");
-    let query = form(&[
-        ("response_type", "code"),
-        ("client_id", &client_id),
-        ("redirect_uri", REDIRECT_URI),
-        ("code_challenge", &challenge),
-        ("code_challenge_method", "S256"),
-        ("state", &state),
-        ("resource", &relay_url),
-        ("scope", "mcp:read mcp:call"),
-    ]);
-    let page = rt.block_on(site.get(&format!("/_airlock/oauth/authorize?{query}")));
-    assert_eq!(page.status, 200, "{page:?}");
-    let code = between(&page.body, "id=\"confirmation-code\">", "<")
-        .unwrap_or_else(|| panic!("no code on the page: {}", page.body))
-        .to_owned();
-    assert_eq!(code.len(), 9, "{code}");
-    assert!(
-        page.body.contains("To allow this, confirm code")
-            && page.body.contains("in Airlock on your computer"),
-        "{}",
-        page.body
-    );
-    assert!(!page.body.contains("value=\"approve\""), "{}", page.body);
-    assert!(
-        page.header("content-security-policy")
-            .is_some_and(|c| c.contains("frame-ancestors 'none'")),
-        "{page:?}"
-    );
-    let status_path = between(&page.body, "content=\"3;url=", "\"")
-        .unwrap_or_else(|| panic!("no refresh to the status URL: {}", page.body))
-        .to_owned();
+impl World {
+    /// The browser elsewhere opens the page: a code, no approve button; the person at the device sees the request
+    /// as remote, without the code.
+    fn open(&self) -> Opened {
+        let (site, rt) = (&self.site, &self.rt);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let verifier = format!("{nanos:0>48x}-remote-approval-verifier");
+        let challenge = base64url(&Sha256::digest(verifier.as_bytes()));
+        let state = format!("st{nanos:x}");
+        let query = form(&[
+            ("response_type", "code"),
+            ("client_id", &self.client_id),
+            ("redirect_uri", REDIRECT_URI),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+            ("state", &state),
+            ("resource", &self.relay_url),
+            ("scope", "mcp:read mcp:call"),
+        ]);
+        let page = rt.block_on(site.get(&format!("/_airlock/oauth/authorize?{query}")));
+        assert_eq!(page.status, 200, "{page:?}");
+        let code = between(&page.body, "id=\"confirmation-code\">", "<")
+            .unwrap_or_else(|| panic!("no code on the page: {}", page.body))
+            .to_owned();
+        assert_eq!(code.len(), 9, "{code}");
+        assert!(
+            page.body.contains("To allow this, confirm code")
+                && page.body.contains("in Airlock on your computer"),
+            "{}",
+            page.body
+        );
+        assert!(!page.body.contains("value=\"approve\""), "{}", page.body);
+        assert!(
+            page.header("content-security-policy")
+                .is_some_and(|c| c.contains("frame-ancestors 'none'")),
+            "{page:?}"
+        );
+        let status_path = between(&page.body, "content=\"3;url=", "\"")
+            .unwrap_or_else(|| panic!("no refresh to the status URL: {}", page.body))
+            .to_owned();
 
-    // The person at the device sees it as remote, without the code.
-    let list = agent.cli_json(&["approvals", "--json"]);
-    let approval = list
-        .as_array()
-        .and_then(|l| l.iter().find(|a| a["client_id"] == client_id.as_str()))
-        .unwrap_or_else(|| panic!("no pending approval for {client_id}: {list}"))
-        .clone();
-    assert_eq!(approval["remote"], true, "{approval}");
-    assert_eq!(approval["resource"], relay_url.as_str(), "{approval}");
-    let plain = code.replace('-', "");
-    assert!(
-        !list.to_string().contains(&code) && !list.to_string().contains(&plain),
-        "the code is listed: {list}"
-    );
-    let id = approval["id"].as_str().unwrap().to_owned();
-    let human = agent.cli(&["approvals"]);
+        let list = self.agent.cli_json(&["approvals", "--json"]);
+        let approval = list
+            .as_array()
+            .and_then(|l| l.iter().find(|a| a["client_id"] == self.client_id.as_str()))
+            .unwrap_or_else(|| panic!("no pending approval for {}: {list}", self.client_id))
+            .clone();
+        assert_eq!(approval["remote"], true, "{approval}");
+        assert_eq!(approval["resource"], self.relay_url.as_str(), "{approval}");
+        let plain = code.replace('-', "");
+        assert!(
+            !list.to_string().contains(&code) && !list.to_string().contains(&plain),
+            "the code is listed: {list}"
+        );
+        Opened {
+            id: approval["id"].as_str().unwrap().to_owned(),
+            code,
+            verifier,
+            state,
+            status_path,
+        }
+    }
+
+    /// After the approval: the status URL redirects to the client with a code, the relay hostname's token endpoint
+    /// exchanges it, and the token works on the server through the relay.
+    fn finish(&self, o: &Opened) {
+        let (site, rt) = (&self.site, &self.rt);
+        let done = rt.block_on(site.get(&o.status_path));
+        assert_eq!(done.status, 303, "{done:?}");
+        let location = done.header("location").unwrap().to_owned();
+        assert!(location.starts_with(REDIRECT_URI), "{location}");
+        assert_eq!(
+            query_param(&location, "state").as_deref(),
+            Some(o.state.as_str())
+        );
+        assert_eq!(
+            query_param(&location, "iss").as_deref(),
+            Some(site.origin.as_str()),
+            "{location}"
+        );
+        let auth_code = query_param(&location, "code").unwrap_or_else(|| panic!("{location}"));
+        let tok = rt.block_on(site.request(
+            "POST",
+            "/token",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            Some(&form(&[
+                ("grant_type", "authorization_code"),
+                ("code", &auth_code),
+                ("redirect_uri", REDIRECT_URI),
+                ("client_id", &self.client_id),
+                ("code_verifier", &o.verifier),
+                ("resource", &self.relay_url),
+            ])),
+        ));
+        assert_eq!(tok.status, 200, "{tok:?}");
+        let token = tok.json("token")["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let bearer = format!("Bearer {token}");
+        let init = rt.block_on(site.request(
+            "POST",
+            &site.path,
+            &[
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json, text/event-stream"),
+                ("Authorization", &bearer),
+            ],
+            Some(INITIALIZE),
+        ));
+        assert_eq!(init.status, 200, "{init:?}");
+        assert!(init.body.contains("serverInfo"), "{init:?}");
+        let granted = self.agent.cli_json(&[
+            "audit",
+            "--json",
+            "--kind",
+            "grant_approved",
+            "--client",
+            &self.client_id,
+        ]);
+        assert_eq!(granted.as_array().map(Vec::len), Some(1), "{granted}");
+    }
+}
+
+fn wrong_code_for(code: &str) -> &'static str {
+    if code.starts_with("ZZZZ") {
+        "YYYY-YYYY"
+    } else {
+        "ZZZZ-ZZZZ"
+    }
+}
+
+#[test]
+fn a_browser_elsewhere_opens_the_relay_page_and_the_person_confirms_its_code() {
+    let w = world();
+    let o = w.open();
+    let human = w.agent.cli(&["approvals"]);
     assert!(
         human.stdout.contains("opened in a browser elsewhere"),
         "the listing says a code is needed: {human:?}"
     );
 
     // Approving without the code, or with a wrong one, fails and says what to do.
-    let out = agent.cli(&["approve", &id]);
+    let out = w.agent.cli(&["approve", &o.id]);
     assert_ne!(out.code, Some(0), "approved without the code: {out:?}");
     assert!(
         out.stderr
             .contains("this request was opened in a browser elsewhere: enter the code it shows"),
         "{out:?}"
     );
-    let wrong = if plain.starts_with("ZZZZ") {
-        "YYYY-YYYY"
-    } else {
-        "ZZZZ-ZZZZ"
-    };
-    let out = agent.cli(&["approve", &id, "--code", wrong]);
+    let out = w
+        .agent
+        .cli(&["approve", &o.id, "--code", wrong_code_for(&o.code)]);
     assert_ne!(out.code, Some(0), "approved with a wrong code: {out:?}");
     assert!(out.stderr.contains("wrong code"), "{out:?}");
-    let still = rt.block_on(site.get(&status_path));
+    let still = w.rt.block_on(w.site.get(&o.status_path));
     assert_eq!(still.status, 200, "still pending: {still:?}");
 
     // With the code (typed in lower case): approved; the page's status URL redirects to the client.
-    let out = agent.cli(&["approve", &id, "--code", &code.to_lowercase()]);
-    assert_eq!(out.code, Some(0), "{out:?}\n{}", agent.stderr_log());
-    let done = rt.block_on(site.get(&status_path));
-    assert_eq!(done.status, 303, "{done:?}");
-    let location = done.header("location").unwrap().to_owned();
-    assert!(location.starts_with(REDIRECT_URI), "{location}");
-    assert_eq!(
-        query_param(&location, "state").as_deref(),
-        Some(state.as_str())
-    );
-    assert_eq!(
-        query_param(&location, "iss").as_deref(),
-        Some(site.origin.as_str()),
-        "{location}"
-    );
-    let auth_code = query_param(&location, "code").unwrap_or_else(|| panic!("{location}"));
+    let out = w
+        .agent
+        .cli(&["approve", &o.id, "--code", &o.code.to_lowercase()]);
+    assert_eq!(out.code, Some(0), "{out:?}\n{}", w.agent.stderr_log());
+    w.finish(&o);
+}
 
-    // The relay hostname's token endpoint exchanges it; the token works on the server through the relay.
-    let tok = rt.block_on(site.request(
-        "POST",
-        "/token",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        Some(&form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &auth_code),
-            ("redirect_uri", REDIRECT_URI),
-            ("client_id", &client_id),
-            ("code_verifier", &verifier),
-            ("resource", &relay_url),
-        ])),
-    ));
-    assert_eq!(tok.status, 200, "{tok:?}");
-    let token = tok.json("token")["access_token"]
-        .as_str()
-        .unwrap()
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+#[test]
+fn the_web_ui_asks_for_the_code_and_shows_a_wrong_one_refused() {
+    let ui = repo_root().join("tests/ui");
+    assert!(
+        std::path::Path::new(CHROMIUM).is_file(),
+        "{CHROMIUM} is missing: run `scripts/test` once (it runs `apt-get install chromium`)"
+    );
+    assert!(
+        ui.join("node_modules/playwright-core/package.json")
+            .is_file(),
+        "tests/ui/node_modules is missing: run `scripts/test` once (it runs `npm ci` in tests/ui)"
+    );
+    let w = world();
+    let o = w.open();
+    let login = w.agent.cli(&["ui", "--print"]);
+    login.assert_success("airlock ui --print");
+    let url = login
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim()
         .to_owned();
-    let bearer = format!("Bearer {token}");
-    let init = rt.block_on(site.request(
-        "POST",
-        &site.path,
-        &[
-            ("Content-Type", "application/json"),
-            ("Accept", "application/json, text/event-stream"),
-            ("Authorization", &bearer),
-        ],
-        Some(INITIALIZE),
-    ));
-    assert_eq!(init.status, 200, "{init:?}");
-    assert!(init.body.contains("serverInfo"), "{init:?}");
-    // The grant is listed like any other, audited as approved.
-    let granted = agent.cli_json(&[
-        "audit",
-        "--json",
-        "--kind",
-        "grant_approved",
-        "--client",
-        &client_id,
-    ]);
-    assert_eq!(granted.as_array().map(Vec::len), Some(1), "{granted}");
+    let artifacts = repo_root().join("tests/artifacts/ui-remote-approval");
+    let mut cmd = NodeTools::locate().command(&ui.join("remote-approval.test.mjs"));
+    cmd.current_dir(repo_root())
+        .args([
+            url.as_str(),
+            "--id",
+            o.id.as_str(),
+            "--out",
+            artifacts.to_string_lossy().as_ref(),
+        ])
+        .env("AIRLOCK_TEST_CONFIRM_CODE", &o.code);
+    let run = run_with_timeout(cmd, Duration::from_secs(300));
+    eprintln!("--- remote-approval.test.mjs stderr\n{}", run.stderr);
+    let summary: Value = serde_json::from_str(
+        run.stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "remote-approval.test.mjs printed no JSON summary ({e}; code {:?}):\n{}",
+            run.code, run.stdout
+        )
+    });
+    println!("remote-approval.test.mjs summary: {summary}");
+    assert!(
+        run.code == Some(0) && summary["ok"] == true,
+        "remote-approval.test.mjs failed: {}\n--- agent stderr\n{}",
+        summary["failures"],
+        w.agent.stderr_log()
+    );
+    assert!(
+        summary["wrong_code_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("wrong code")),
+        "{summary}"
+    );
+    // The approval the UI made is a real one: the client gets its code and a working token.
+    w.finish(&o);
 }

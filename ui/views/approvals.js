@@ -70,6 +70,32 @@ function approvalCard(a, state, actions) {
     narrowed ? (tools ? `Approve ${chosen.length} of ${tools.length} tools` : `Approve ${chosen.length} tool${chosen.length === 1 ? "" : "s"}`) : "Approve",
   );
   on(approve, "click", () => actions.decide(id, true, narrowed ? chosen : undefined));
+  // A request opened in a browser elsewhere (a relay hostname's page) is approved only with the code that page
+  // shows: whoever sent you a link to a page they opened cannot show you its code.
+  const remote = a.remote === true;
+  let codeField = null;
+  if (remote) {
+    const codeId = `confirm-code-${id}`;
+    const input = h("input", {
+      id: codeId,
+      type: "text",
+      class: "hostname-input confirm-code-input",
+      value: state.confirmCodes.get(id) || "",
+      placeholder: "XXXX-XXXX",
+      maxlength: "20",
+      spellcheck: "false",
+      autocomplete: "off",
+      autocapitalize: "characters",
+      dataset: { focusKey: codeId },
+    });
+    on(input, "input", () => actions.confirmCode(id, input.value));
+    on(input, "keydown", (ev) => {
+      if (ev.key === "Enter" && !approve.disabled) {
+        actions.decide(id, true, narrowed ? chosen : undefined);
+      }
+    });
+    codeField = h("label", { class: "confirm-code", for: codeId }, "Code shown on that page: ", input);
+  }
   const deny = h(
     "button",
     { type: "button", class: "btn btn-danger", disabled: busy, dataset: { focusKey: `deny-${id}` }, "aria-label": `Deny ${a.client_name}` },
@@ -95,9 +121,20 @@ function approvalCard(a, state, actions) {
       row("Scopes", h("span", { class: "badges" }, scopeBadges(a.scopes))),
       toolPicker(a, state, actions),
       row("Requested", timeEl(a.created_ms), h("span", { class: "muted" }, " · expires "), timeEl(a.expires_ms)),
+      remote
+        ? row(
+            "Opened",
+            h(
+              "span",
+              null,
+              badge("in a browser elsewhere", "warn"),
+              " That page shows a code. Approve only if you opened it yourself, and type the code it shows.",
+            ),
+          )
+        : null,
     ),
     noneChosen ? h("p", { class: "field-error", role: "alert" }, "Choose at least one tool, or deny the request.") : null,
-    h("div", { class: "decide" }, approve, deny, busy ? h("span", { class: "muted" }, "Working…") : null),
+    h("div", { class: "decide" }, codeField, approve, deny, busy ? h("span", { class: "muted" }, "Working…") : null),
     err ? errorNote(err) : null,
   );
 }
