@@ -75,7 +75,7 @@ pub struct AuditEntry {
     pub detail: Option<String>,
 }
 
-/// Filters for [`crate::AuthServer::audit`]; newest first.
+/// Filters for [`crate::AuthServer::audit_log`]; newest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct AuditQuery {
     pub server_id: Option<String>,
