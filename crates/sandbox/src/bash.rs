@@ -110,15 +110,6 @@ pub(crate) async fn kill(inner: &Inner, state: &mut BashState) {
     }
 }
 
-fn format_secs(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{}s", d.as_secs_f64())
-    }
-}
-
 enum Outcome {
     Done {
         output: Vec<u8>,
@@ -204,7 +195,8 @@ fn finish_text(raw: &[u8], cap: usize, mut truncated: bool) -> String {
         Some(re) => re.replace_all(&text, ""),
         None => text,
     };
-    let text = text.strip_suffix('\n').unwrap_or(&text);
+    // Both SDKs' toolsets drop every trailing newline of the output.
+    let text = text.trim_end_matches('\n');
     if truncated {
         format!("[output truncated]\n{text}")
     } else {
@@ -310,9 +302,10 @@ pub(crate) async fn run(
             }
             Outcome::TimedOut => {
                 kill(inner, state).await;
+                // The reference toolset's wording (TypeScript SDK: milliseconds).
                 ToolOutput::error(format!(
-                    "bash command timed out after {}",
-                    format_secs(timeout)
+                    "bash: bash command timed out after {}ms",
+                    timeout.as_millis()
                 ))
             }
             Outcome::Cancelled => {

@@ -208,7 +208,10 @@ fn read(inner: &Inner, input: &Value) -> Result<ToolOutput, String> {
     if end > 0 && end < start {
         return Err("read: view_range must be [start_line, end_line]".into());
     }
+    // The selected lines joined by newlines, without a newline after the last (the reference's
+    // split-and-join).
     let slice = lines.get(start_idx..end_idx).unwrap_or(&[]).concat();
+    let slice = slice.strip_suffix('\n').unwrap_or(&slice);
     Ok(ToolOutput::text(slice))
 }
 

@@ -130,7 +130,8 @@ pub(crate) struct Placed {
 }
 
 impl Roots {
-    /// Resolve and confine. Error texts are the reference's (`path '<p>' escapes workdir`).
+    /// Resolve and confine. The refusal is worded as the reference toolset words it
+    /// (`path "<p>" is outside the session's working directory`, the path JSON-quoted).
     pub(crate) fn place(&self, input: &str) -> Result<Placed, String> {
         let resolved = resolve(&self.workdir, Path::new(input))
             .map_err(|e| format!("path '{input}' could not be resolved: {e}"))?;
@@ -152,7 +153,10 @@ impl Roots {
                 root: root.clone(),
                 read_only,
             }),
-            None => Err(format!("path '{input}' escapes workdir")),
+            None => Err(format!(
+                "path {} is outside the session's working directory",
+                serde_json::Value::from(input)
+            )),
         }
     }
 }

@@ -26,7 +26,13 @@ async fn writes_outside_the_workdir_are_refused() {
     ] {
         let out = tool(&sb, "write", json!({"file_path": p, "content": "x"})).await;
         assert!(out.is_error);
-        assert_eq!(out.text_content(), format!("path '{p}' escapes workdir"));
+        assert_eq!(
+            out.text_content(),
+            format!(
+                "path {} is outside the session's working directory",
+                serde_json::Value::from(p)
+            )
+        );
     }
     // bash: system directories are read-only, the user's home is absent.
     let out = bash(&sb, "echo x > /usr/evil").await;
@@ -72,7 +78,10 @@ async fn symlinks_out_of_the_workdir_are_refused() {
     let sb = open(&env).await;
     let out = tool(&sb, "read", json!({"file_path": "key"})).await;
     assert!(out.is_error);
-    assert_eq!(out.text_content(), "path 'key' escapes workdir");
+    assert_eq!(
+        out.text_content(),
+        "path \"key\" is outside the session's working directory"
+    );
     let out = tool(
         &sb,
         "write",
@@ -81,7 +90,7 @@ async fn symlinks_out_of_the_workdir_are_refused() {
     .await;
     assert_eq!(
         out.text_content(),
-        "path 'homelink/.bashrc' escapes workdir"
+        "path \"homelink/.bashrc\" is outside the session's working directory"
     );
     let out = tool(
         &sb,
@@ -89,20 +98,26 @@ async fn symlinks_out_of_the_workdir_are_refused() {
         json!({"file_path": "dangling", "content": "x"}),
     )
     .await;
-    assert_eq!(out.text_content(), "path 'dangling' escapes workdir");
+    assert_eq!(
+        out.text_content(),
+        "path \"dangling\" is outside the session's working directory"
+    );
     let out = tool(
         &sb,
         "edit",
         json!({"file_path": "nothere/../key", "old_string": "a", "new_string": "b"}),
     )
     .await;
-    assert_eq!(out.text_content(), "path 'nothere/../key' escapes workdir");
+    assert_eq!(
+        out.text_content(),
+        "path \"nothere/../key\" is outside the session's working directory"
+    );
     // A symlink created by bash is judged the same way by the file tools.
     bash(&sb, "ln -s /etc made-link").await;
     let out = tool(&sb, "read", json!({"file_path": "made-link/hostname"})).await;
     assert_eq!(
         out.text_content(),
-        "path 'made-link/hostname' escapes workdir"
+        "path \"made-link/hostname\" is outside the session's working directory"
     );
     // And bash cannot follow them out: the targets are not mounted.
     let out = bash(&sb, "cat key").await;
@@ -127,7 +142,13 @@ async fn the_users_secrets_are_not_readable() {
     for p in [&key, &token] {
         let out = tool(&sb, "read", json!({"file_path": p})).await;
         assert!(out.is_error);
-        assert_eq!(out.text_content(), format!("path '{p}' escapes workdir"));
+        assert_eq!(
+            out.text_content(),
+            format!(
+                "path {} is outside the session's working directory",
+                serde_json::Value::from(p.as_str())
+            )
+        );
         let out = bash(&sb, &format!("cat {p}")).await;
         assert!(out.is_error, "{out:?}");
         assert!(
@@ -313,7 +334,10 @@ async fn sleep_past_the_timeout_is_killed() {
     )
     .await;
     assert!(out.is_error);
-    assert_eq!(out.text_content(), "bash command timed out after 1s");
+    assert_eq!(
+        out.text_content(),
+        "bash: bash command timed out after 1000ms"
+    );
     assert!(started.elapsed() < Duration::from_secs(15));
     // Nothing of the session survives (the background sleep is gone too).
     let out = bash(&sb, "ps -e -o comm= | grep -c sleep").await;
