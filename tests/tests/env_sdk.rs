@@ -357,15 +357,15 @@ async fn official_sdk_worker_and_airlock_worker_run_the_same_session_to_the_same
 
     // 2. Airlock's worker in the agent: `sandbox login` (key on stdin), `sandbox on`, tools in the OS sandbox.
     let started = Instant::now();
-    home.write_airlock_config(&sandbox_agent_config(""));
+    // The SDK worker runs with max_idle 1 s; the agent's worker gets 2 s (`[sandbox] max_idle_secs`).
+    home.write_airlock_config(&sandbox_agent_config("[sandbox]\nmax_idle_secs = 2\n"));
     sandbox_login(&home, &queue.base, &air_env.id, &air_env.key);
     let agent = Agent::start(home);
     let on = agent.cli_json(&["sandbox", "on", "--json"]);
     assert_eq!(on["running"], true, "{on}");
     assert_eq!(on["confined"], true, "bubblewrap works here: {on}");
     let sessions_dir = agent.home.airlock_home().join("sandbox/sessions");
-    // The agent's worker keeps the reference's default max_idle (60 s) before it lets go of an ended session.
-    let (air_results, air_sid) = run_script(&air_env, Duration::from_secs(150), |sid| {
+    let (air_results, air_sid) = run_script(&air_env, Duration::from_secs(90), |sid| {
         sessions_dir.join(sid)
     })
     .await;

@@ -64,6 +64,10 @@ pub struct SandboxSection {
     /// Run tools without any OS sandbox when none is available. Off by default; the UI shows it in red.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unconfined: bool,
+    /// Seconds a session may stay idle after its turn ends before the worker lets it go (default 60, as the
+    /// reference workers; 0 keeps it until the session ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_secs: Option<u64>,
 }
 
 /// Edits of `[sandbox]` (applied through `config::update`, comments kept).
@@ -556,6 +560,9 @@ impl SandboxControl {
         let mut cfg = WorkerConfig::new(environment_id, airlock_worker::Secret::new(key.as_str()));
         if let Some(url) = &section.base_url {
             cfg.base_url = url.clone();
+        }
+        if let Some(secs) = section.max_idle_secs {
+            cfg.max_idle = (secs > 0).then(|| std::time::Duration::from_secs(secs));
         }
         let executor = Arc::new(SandboxExecutor::new(
             state.home.root(),
