@@ -50,6 +50,9 @@ pub struct RelayConfig {
     pub max_client_hello: usize,
     /// Concurrent public connections per client IP.
     pub max_conns_per_ip: usize,
+    /// Public connections still sending their ClientHello, from all addresses together (a
+    /// slowloris from many addresses is bounded too; routed connections do not count).
+    pub max_pending_hellos: usize,
     /// TLS + HELLO deadline for agents.
     pub agent_handshake_timeout: Duration,
     /// How long shutdown waits for in-flight streams after GOAWAY.
@@ -79,6 +82,7 @@ impl RelayConfig {
             client_hello_timeout: Duration::from_secs(10),
             max_client_hello: DEFAULT_MAX_CLIENT_HELLO,
             max_conns_per_ip: 64,
+            max_pending_hellos: 4096,
             agent_handshake_timeout: Duration::from_secs(15),
             drain_timeout: Duration::from_secs(30),
             allowlists: HashMap::new(),
@@ -278,6 +282,7 @@ struct State {
     auth: Arc<TokenAuthority>,
     tunnels: Mutex<HashMap<String, Vec<Agent>>>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    pending_hellos: Arc<tokio::sync::Semaphore>,
     buckets: Mutex<HashMap<String, Bucket>>,
     metrics: Metrics,
     next_id: AtomicU64,
@@ -352,12 +357,14 @@ impl Relay {
             Some(a) => Some(bind("ops", a).await?),
             None => None,
         };
+        let max_pending_hellos = cfg.max_pending_hellos;
         Ok(Self {
             state: Arc::new(State {
                 cfg,
                 auth: Arc::new(auth),
                 tunnels: Mutex::new(HashMap::new()),
                 per_ip: Mutex::new(HashMap::new()),
+                pending_hellos: Arc::new(tokio::sync::Semaphore::new(max_pending_hellos.max(1))),
                 buckets: Mutex::new(HashMap::new()),
                 metrics: Metrics::default(),
                 next_id: AtomicU64::new(1),
@@ -735,6 +742,11 @@ async fn serve_public(
     cancel: CancellationToken,
 ) {
     let _guard = guard;
+    let Ok(hello_slot) = state.pending_hellos.clone().try_acquire_owned() else {
+        inc(&state.metrics.public_rejects_total);
+        tracing::info!(client = %peer, reason = "too many connections waiting for a ClientHello", "public connection refused");
+        return;
+    };
     let _ = tcp.set_nodelay(true);
     let started = Instant::now();
     let mut parser = ClientHelloParser::new(state.cfg.max_client_hello);
@@ -759,6 +771,7 @@ async fn serve_public(
         inc(&state.metrics.public_rejects_total);
         tracing::info!(client = %peer, sni = sni.unwrap_or("-"), reason = why, "public connection refused");
     };
+    drop(hello_slot);
     let sni = match parsed {
         Ok(Ok(Parsed::Sni(s))) => s,
         Ok(Ok(_)) => {

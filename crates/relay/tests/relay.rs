@@ -591,6 +591,64 @@ async fn connect_from(src: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_waiting_for_a_client_hello_are_capped_across_addresses() {
+    let s = setup(|c| {
+        c.max_pending_hellos = 3;
+        c.client_hello_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let (link, _snis) = start_link(&s.relay, &s.token, &s.identity, &s.cert);
+    wait_connected(&link).await;
+    // A routed connection holds no slot.
+    let tcp = connect_from("127.0.0.9", s.relay.public).await.unwrap();
+    let mut routed = tls_client(tcp, &s.cert, &format!("held.{}", s.domain))
+        .await
+        .unwrap();
+    echo_once(&mut routed, b"routed").await;
+    // Three slow ClientHellos from three addresses fill the slots.
+    let mut idle = Vec::new();
+    for src in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        let mut t = connect_from(src, s.relay.public).await.unwrap();
+        t.write_all(&[0x16, 3, 1]).await.unwrap();
+        idle.push(t);
+    }
+    // A fourth, from yet another address, is closed; it may race the third's slot, so
+    // retry until one is refused.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let mut t = connect_from("127.0.0.5", s.relay.public).await.unwrap();
+        let mut buf = [0u8; 8];
+        let r = tokio::time::timeout(Duration::from_secs(2), t.read(&mut buf)).await;
+        if matches!(r, Ok(Ok(0)) | Ok(Err(_))) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a connection beyond the cap was kept waiting: {r:?}"
+        );
+    }
+    // The routed connection still works, and a freed slot serves a new client.
+    echo_once(&mut routed, b"still routed").await;
+    drop(idle.pop());
+    let deadline = std::time::Instant::now() + T;
+    let mut tls = loop {
+        let tcp = connect_from("127.0.0.6", s.relay.public).await.unwrap();
+        match tls_client(tcp, &s.cert, &format!("freed.{}", s.domain)).await {
+            Ok(t) => break t,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "slot never freed: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    echo_once(&mut tls, b"slot freed").await;
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_cap_limits_one_address_not_others() {
     let s = setup(|c| {
         c.max_conns_per_ip = 4;
