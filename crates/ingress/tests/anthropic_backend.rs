@@ -597,8 +597,9 @@ async fn authorization_server_paths_on_a_tunnel_host_reach_the_endpoints() {
         assert_eq!(ctx.origin, format!("https://{host}"));
         assert_eq!(ctx.ingress, IngressKind::AnthropicTunnel);
     }
-    // The approval pages exist only on loopback: here the path is the server's (token required).
-    let (status, _, _) = request(
+    // The approval pages go to the authorization server too, with the hostname's server (it refuses them on
+    // a tunnel host unless remote approval is configured): never to the MCP server.
+    let (status, _, body) = request(
         &mut send,
         "GET",
         &host,
@@ -607,7 +608,12 @@ async fn authorization_server_paths_on_a_tunnel_host_reach_the_endpoints() {
         "",
     )
     .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!((status.as_u16(), body.as_str()), (299, "as"));
+    let (ctx, seen_path) = h.endpoints.0.lock().unwrap().pop().unwrap();
+    assert_eq!(seen_path, "/_airlock/oauth/authorize");
+    assert_eq!(ctx.endpoint, AuthEndpoint::Pages);
+    assert_eq!(ctx.server_id.as_deref(), Some("route-echo"));
+    assert_eq!(ctx.ingress, IngressKind::AnthropicTunnel);
     // Path-issuer forms are loopback's; a tunnel host's issuer has no path.
     let (status, _, _) = request(
         &mut send,
