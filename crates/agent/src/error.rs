@@ -28,6 +28,9 @@ pub enum AgentError {
     AlreadyRunning { home: PathBuf, pid: u32 },
     #[error("{0}")]
     Invalid(String),
+    /// The keystore refused to store or read a secret (not the caller's fault: a 500, not a 422).
+    #[error("{0}")]
+    Keystore(String),
 }
 
 impl AgentError {

@@ -842,7 +842,7 @@ pub async fn login(
     keystore
         .set(ENVIRONMENT_KEY, &airlock_keystore::Secret::from(key))
         .await
-        .map_err(|e| AgentError::Invalid(format!("storing the environment key: {e}")))?;
+        .map_err(|e| AgentError::Keystore(format!("storing the environment key: {e}")))?;
     let path = config_path.to_path_buf();
     let (url, id) = (base_url.clone(), environment_id);
     tokio::task::spawn_blocking(move || {

@@ -433,12 +433,38 @@ pub async fn store_token(keystore: &Keystore, token: &str) -> Result<(), AgentEr
     keystore
         .set(CLOUDFLARED_TOKEN, &airlock_keystore::Secret::from(token))
         .await
-        .map_err(|e| AgentError::Invalid(format!("storing the cloudflared token: {e}")))
+        .map_err(|e| AgentError::Keystore(format!("storing the cloudflared token: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_keystore_that_cannot_write_is_a_keystore_error_not_bad_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("secrets");
+        let ks = airlock_keystore::open(
+            airlock_keystore::KeystoreChoice::File,
+            &airlock_keystore::Namespace::for_home(dir.path()),
+            &secrets,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            store_token(&ks, "   ").await,
+            Err(AgentError::Invalid(_))
+        ));
+        // The directory vanishes and a file takes its place: storing fails on the keystore's side.
+        std::fs::remove_dir_all(&secrets).unwrap();
+        std::fs::write(&secrets, "not a directory").unwrap();
+        let err = store_token(&ks, "eyJhIjoiYiJ9").await.unwrap_err();
+        assert!(matches!(err, AgentError::Keystore(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("storing the cloudflared token"),
+            "{err}"
+        );
+    }
 
     const YAML: &str = "listen_addr: \":8080\"\nlog_level: info\ntunnel_domain: ${TUNNEL_DOMAIN}\ntls:\n  cert_file: /data/tls.crt\n  key_file: /data/tls.key\nroutes:\n  echo: http://10.1.2.3:9000\nupstream:\n  allowed_ips: [10.0.0.0/8]\n";
 
