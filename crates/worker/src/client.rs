@@ -13,8 +13,9 @@ pub const MANAGED_AGENTS_BETA: &str = "managed-agents-2026-04-01";
 pub const SKILLS_BETA: &str = "managed-agents-2026-04-01,skills-2025-10-02";
 /// `anthropic-beta` of the memory store calls (added to the managed-agents one).
 pub const MEMORY_BETA: &str = "managed-agents-2026-04-01,agent-memory-2026-07-22";
-/// Pages followed at most when listing a store (the server caps a store at 2000 memories).
-const MAX_MEMORY_PAGES: usize = 200;
+/// Pages followed at most by a list (an event history of 1000-event pages, a memory store of
+/// at most 2000 memories in pages of 20).
+const MAX_PAGES: usize = 1000;
 
 /// A failed API call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -290,18 +291,32 @@ impl ApiClient {
     /// The whole event history, oldest first (follows `next_page`).
     pub async fn list_events(&self, session_id: &str, token: &str) -> Result<Vec<Value>, ApiError> {
         let path = format!("/v1/sessions/{session_id}/events");
+        self.list_pages(&path, token, &[("limit", "1000".into())], &[], "events")
+            .await
+    }
+
+    /// Every item of a paged list (`{"data": [...], "next_page": …}`), following `next_page` for at
+    /// most [`MAX_PAGES`] pages.
+    async fn list_pages(
+        &self,
+        path: &str,
+        token: &str,
+        query: Query<'_>,
+        headers: &[(&str, &str)],
+        what: &str,
+    ) -> Result<Vec<Value>, ApiError> {
         let mut out = Vec::new();
         let mut page: Option<String> = None;
-        loop {
-            let mut q: Vec<(&str, String)> = vec![("limit", "1000".into())];
+        for _ in 0..MAX_PAGES {
+            let mut q: Vec<(&str, String)> = query.to_vec();
             if let Some(p) = &page {
                 q.push(("page", p.clone()));
             }
             let v = self
-                .call(http::Method::GET, &path, token, &q, &[], None, None)
+                .call(http::Method::GET, path, token, &q, headers, None, None)
                 .await?;
             let Some(data) = v.get("data").and_then(Value::as_array) else {
-                return Err(ApiError::Decode("events list without `data`".into()));
+                return Err(ApiError::Decode(format!("{what} list without `data`")));
             };
             out.extend(data.iter().cloned());
             match v.get("next_page").and_then(Value::as_str) {
@@ -309,6 +324,9 @@ impl ApiClient {
                 _ => return Ok(out),
             }
         }
+        Err(ApiError::Decode(format!(
+            "{what} list: more than {MAX_PAGES} pages"
+        )))
     }
 
     pub async fn send_events(
@@ -396,33 +414,13 @@ impl ApiClient {
         } else {
             ("basic", "100")
         };
-        let mut out = Vec::new();
-        let mut page: Option<String> = None;
-        for _ in 0..MAX_MEMORY_PAGES {
-            let mut q: Vec<(&str, String)> = vec![("view", view.into()), ("limit", limit.into())];
-            if let Some(p) = &page {
-                q.push(("page", p.clone()));
-            }
-            let v = self
-                .call(http::Method::GET, &path, token, &q, &beta, None, None)
-                .await?;
-            let Some(data) = v.get("data").and_then(Value::as_array) else {
-                return Err(ApiError::Decode("memories list without `data`".into()));
-            };
-            // Rollups of a prefix are not memories.
-            out.extend(
-                data.iter()
-                    .filter(|m| m.get("type").and_then(Value::as_str) == Some("memory"))
-                    .cloned(),
-            );
-            match v.get("next_page").and_then(Value::as_str) {
-                Some(p) if !p.is_empty() && !data.is_empty() => page = Some(p.to_string()),
-                _ => return Ok(out),
-            }
-        }
-        Err(ApiError::Decode(format!(
-            "memory store {store_id}: more than {MAX_MEMORY_PAGES} pages"
-        )))
+        let q = [("view", view.to_string()), ("limit", limit.to_string())];
+        let all = self.list_pages(&path, token, &q, &beta, "memories").await?;
+        // Rollups of a prefix are not memories.
+        Ok(all
+            .into_iter()
+            .filter(|m| m.get("type").and_then(Value::as_str) == Some("memory"))
+            .collect())
     }
 
     /// `GET /v1/memory_stores/{store}/memories/{id}` (with content).
