@@ -183,16 +183,7 @@ async fn full_flow_with_the_oauth2_crate_discovery_dcr_authorize_token_refresh_r
             .contains("<meta http-equiv=\"refresh\" content=\"3;url=/_airlock/oauth/status/")
     );
     // Approve via the API (the UI/CLI path).
-    h.server
-        .decide(
-            &approval.id,
-            Decision::Approve {
-                tools: None,
-                code: None,
-            },
-        )
-        .await
-        .unwrap();
+    h.server.decide(&approval.id, approve_all()).await.unwrap();
     assert!(matches!(
         h.server.decide(&approval.id, Decision::Deny).await,
         Err(Error::AlreadyDecided(_))
@@ -555,17 +546,7 @@ async fn pkce_missing_or_plain_and_resource_missing_are_refused() {
     }
     assert!(h.server.approvals().is_empty());
     // Token endpoint: resource missing, wrong verifier.
-    let a = authorize_and_approve(
-        &h,
-        &client_id,
-        CB,
-        "a",
-        Decision::Approve {
-            tools: None,
-            code: None,
-        },
-    )
-    .await;
+    let a = authorize_and_approve(&h, &client_id, CB, "a", approve_all()).await;
     let no_resource = post_form(
         &format!("{}/a/token", h.base),
         &[
@@ -595,17 +576,7 @@ async fn pkce_missing_or_plain_and_resource_missing_are_refused() {
 async fn code_replay_revokes_and_codes_expire() {
     let h = Harness::start().await;
     let client_id = register(&h, "a", "App", CB).await;
-    let a = authorize_and_approve(
-        &h,
-        &client_id,
-        CB,
-        "a",
-        Decision::Approve {
-            tools: None,
-            code: None,
-        },
-    )
-    .await;
+    let a = authorize_and_approve(&h, &client_id, CB, "a", approve_all()).await;
     let first = exchange(&h, "a", &client_id, &a, CB, &h.resource("a")).await;
     assert_eq!(first.status, StatusCode::OK);
     let access = first.json()["access_token"].as_str().unwrap().to_owned();
@@ -619,17 +590,7 @@ async fn code_replay_revokes_and_codes_expire() {
         "replay revokes the grant"
     );
     // A code older than 60 s is refused.
-    let b = authorize_and_approve(
-        &h,
-        &client_id,
-        CB,
-        "a",
-        Decision::Approve {
-            tools: None,
-            code: None,
-        },
-    )
-    .await;
+    let b = authorize_and_approve(&h, &client_id, CB, "a", approve_all()).await;
     h.clock.advance(Duration::from_secs(61));
     let late = exchange(&h, "a", &client_id, &b, CB, &h.resource("a")).await;
     assert_eq!(late.json()["error"], "invalid_grant");
@@ -639,44 +600,14 @@ async fn code_replay_revokes_and_codes_expire() {
 async fn a_token_for_server_a_is_refused_on_b() {
     let h = Harness::start().await;
     let client_id = register(&h, "a", "App", CB).await;
-    let a = authorize_and_approve(
-        &h,
-        &client_id,
-        CB,
-        "a",
-        Decision::Approve {
-            tools: None,
-            code: None,
-        },
-    )
-    .await;
+    let a = authorize_and_approve(&h, &client_id, CB, "a", approve_all()).await;
     // A code approved for A cannot be exchanged naming B, nor at B's token endpoint.
     let r = exchange(&h, "a", &client_id, &a, CB, &h.resource("b")).await;
     assert_eq!(r.json()["error"], "invalid_grant");
-    let a = authorize_and_approve(
-        &h,
-        &client_id,
-        CB,
-        "a",
-        Decision::Approve {
-            tools: None,
-            code: None,
-        },
-    )
-    .await;
+    let a = authorize_and_approve(&h, &client_id, CB, "a", approve_all()).await;
     let r = exchange(&h, "b", &client_id, &a, CB, &h.resource("a")).await;
     assert_eq!(r.json()["error"], "invalid_grant");
-    let a = authorize_and_approve(
-        &h,
-        &client_id,
-        CB,
-        "a",
-        Decision::Approve {
-            tools: None,
-            code: None,
-        },
-    )
-    .await;
+    let a = authorize_and_approve(&h, &client_id, CB, "a", approve_all()).await;
     let r = exchange(&h, "a", &client_id, &a, CB, &h.resource("a")).await;
     let t = r.json()["access_token"].as_str().unwrap().to_owned();
     assert_eq!(mcp(&h, "a", &t).await.status, StatusCode::OK);
@@ -693,17 +624,7 @@ async fn a_token_for_server_a_is_refused_on_b() {
 async fn expiry_revocation_and_refresh_reuse_outside_the_grace_window() {
     let h = Harness::start().await;
     let client_id = register(&h, "a", "App", CB).await;
-    let a = authorize_and_approve(
-        &h,
-        &client_id,
-        CB,
-        "a",
-        Decision::Approve {
-            tools: None,
-            code: None,
-        },
-    )
-    .await;
+    let a = authorize_and_approve(&h, &client_id, CB, "a", approve_all()).await;
     let t = exchange(&h, "a", &client_id, &a, CB, &h.resource("a"))
         .await
         .json();
@@ -883,10 +804,7 @@ async fn unknown_client_gets_401_invalid_client_and_can_register_again() {
         &client_id,
         "https://claude.ai/api/mcp/auth_callback",
         "a",
-        Decision::Approve {
-            tools: None,
-            code: None,
-        },
+        approve_all(),
     )
     .await;
     let t = exchange(
@@ -928,17 +846,7 @@ async fn confidential_dcr_clients_authenticate_with_their_secret() {
         reg["client_id"].as_str().unwrap().to_owned(),
         reg["client_secret"].as_str().unwrap().to_owned(),
     );
-    let a = authorize_and_approve(
-        &h,
-        &cid,
-        CB,
-        "a",
-        Decision::Approve {
-            tools: None,
-            code: None,
-        },
-    )
-    .await;
+    let a = authorize_and_approve(&h, &cid, CB, "a", approve_all()).await;
     let form = |s: &str| {
         vec![
             ("grant_type".to_owned(), "authorization_code".to_owned()),
@@ -1057,16 +965,7 @@ async fn claude_shapes_through_client_metadata_documents_over_https() {
     assert_eq!(approval.client_name, "Claude");
     assert_eq!(approval.client_kind, "cimd");
     assert_eq!(approval.scopes, Scopes::ALL);
-    h.server
-        .decide(
-            &approval.id,
-            Decision::Approve {
-                tools: None,
-                code: None,
-            },
-        )
-        .await
-        .unwrap();
+    h.server.decide(&approval.id, approve_all()).await.unwrap();
     let form = form_of(&page.body);
     let done = browser
         .get(&format!("{}/_airlock/oauth/status/{}", h.base, form.ticket))
@@ -1093,17 +992,7 @@ async fn claude_shapes_through_client_metadata_documents_over_https() {
     assert_eq!(t.status, StatusCode::OK, "{}", t.body);
     // Claude Code: the document lists portless loopback URIs, the request carries an ephemeral port.
     let cb = "http://localhost:53682/callback";
-    let a = authorize_and_approve(
-        &h,
-        code_cli,
-        cb,
-        "a",
-        Decision::Approve {
-            tools: None,
-            code: None,
-        },
-    )
-    .await;
+    let a = authorize_and_approve(&h, code_cli, cb, "a", approve_all()).await;
     assert!(
         a.location
             .as_str()

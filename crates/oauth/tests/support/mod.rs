@@ -651,6 +651,14 @@ pub async fn register(h: &Harness, slug: &str, name: &str, redirect: &str) -> St
 }
 
 /// A PKCE pair (verifier, S256 challenge).
+/// Approve everything asked for (no tool narrowing, no confirmation code).
+pub fn approve_all() -> Decision {
+    Decision::Approve {
+        tools: None,
+        code: None,
+    }
+}
+
 pub fn pkce() -> (String, String) {
     let (challenge, verifier) = oauth2::PkceCodeChallenge::new_random_sha256();
     (verifier.secret().clone(), challenge.as_str().to_owned())
