@@ -423,6 +423,22 @@ impl ApiClient {
             .collect())
     }
 
+    /// One call of the memory API: `/v1/memory_stores/{store}/memories{tail}` with the memory beta.
+    async fn memory_call(
+        &self,
+        method: http::Method,
+        store_id: &str,
+        tail: &str,
+        token: &str,
+        query: Query<'_>,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiError> {
+        let path = format!("/v1/memory_stores/{store_id}/memories{tail}");
+        let beta = [("anthropic-beta", MEMORY_BETA)];
+        self.call(method, &path, token, query, &beta, body, None)
+            .await
+    }
+
     /// `GET /v1/memory_stores/{store}/memories/{id}` (with content).
     pub async fn get_memory(
         &self,
@@ -430,9 +446,8 @@ impl ApiClient {
         memory_id: &str,
         token: &str,
     ) -> Result<Value, ApiError> {
-        let path = format!("/v1/memory_stores/{store_id}/memories/{memory_id}");
-        let beta = [("anthropic-beta", MEMORY_BETA)];
-        self.call(http::Method::GET, &path, token, &[], &beta, None, None)
+        let tail = format!("/{memory_id}");
+        self.memory_call(http::Method::GET, store_id, &tail, token, &[], None)
             .await
     }
 
@@ -444,19 +459,9 @@ impl ApiClient {
         memory_path: &str,
         content: &str,
     ) -> Result<Value, ApiError> {
-        let path = format!("/v1/memory_stores/{store_id}/memories");
-        let beta = [("anthropic-beta", MEMORY_BETA)];
         let body = serde_json::json!({ "path": memory_path, "content": content });
-        self.call(
-            http::Method::POST,
-            &path,
-            token,
-            &[],
-            &beta,
-            Some(&body),
-            None,
-        )
-        .await
+        self.memory_call(http::Method::POST, store_id, "", token, &[], Some(&body))
+            .await
     }
 
     /// `POST /v1/memory_stores/{store}/memories/{id}` with a `content_sha256` precondition: the
@@ -469,22 +474,13 @@ impl ApiClient {
         content: &str,
         expected_sha256: &str,
     ) -> Result<Value, ApiError> {
-        let path = format!("/v1/memory_stores/{store_id}/memories/{memory_id}");
-        let beta = [("anthropic-beta", MEMORY_BETA)];
+        let tail = format!("/{memory_id}");
         let body = serde_json::json!({
             "content": content,
             "precondition": {"type": "content_sha256", "content_sha256": expected_sha256},
         });
-        self.call(
-            http::Method::POST,
-            &path,
-            token,
-            &[],
-            &beta,
-            Some(&body),
-            None,
-        )
-        .await
+        self.memory_call(http::Method::POST, store_id, &tail, token, &[], Some(&body))
+            .await
     }
 
     /// `DELETE /v1/memory_stores/{store}/memories/{id}?expected_content_sha256=…`.
@@ -495,10 +491,9 @@ impl ApiClient {
         token: &str,
         expected_sha256: &str,
     ) -> Result<Value, ApiError> {
-        let path = format!("/v1/memory_stores/{store_id}/memories/{memory_id}");
-        let beta = [("anthropic-beta", MEMORY_BETA)];
+        let tail = format!("/{memory_id}");
         let q = [("expected_content_sha256", expected_sha256.to_string())];
-        self.call(http::Method::DELETE, &path, token, &q, &beta, None, None)
+        self.memory_call(http::Method::DELETE, store_id, &tail, token, &q, None)
             .await
     }
 
