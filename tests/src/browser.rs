@@ -2,21 +2,17 @@
 //! (`playwright-core` on Debian's headless Chromium, both provisioned by `scripts/test`)
 //! against a real agent, and each script prints a JSON summary as its last stdout line.
 //!
-//! A browser test typically reads:
+//! Every script takes the one-time login link as its first argument and `--out DIR` for its
+//! screenshots. A browser test typically reads:
 //!
 //! ```no_run
 //! use airlock_e2e::{Agent, browser};
 //!
 //! browser::require_tools();
 //! let agent = Agent::start(browser::time_servers_home(&[("time", &["--local-timezone", "UTC"])]));
-//! let url = browser::login_url(&agent);
-//! let summary = browser::run_script(
-//!     &agent,
-//!     "web-ui.test.mjs",
-//!     &[url.as_str(), "--out", &browser::artifacts("ui")],
-//!     &[],
-//! );
-//! assert_eq!(summary["window_xss"], "undefined", "{summary}");
+//! // tests/ui/web-ui.test.mjs <login link> --expose time --out tests/artifacts/ui
+//! let summary = browser::run_script(&agent, "web-ui.test.mjs", "ui", &["--expose", "time"], &[]);
+//! assert_eq!(summary["code_removed_from_url"], true, "{summary}");
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -96,23 +92,26 @@ pub fn login_url(agent: &Agent) -> String {
     url
 }
 
-/// `tests/artifacts/<name>` as a script's `--out` argument (where its screenshots land).
-pub fn artifacts(name: &str) -> String {
-    repo_root()
-        .join("tests/artifacts")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// Runs `tests/ui/<script> <args>` on the pinned Node 22 (working directory: the repository
-/// root; `envs` added to its environment: secrets go there, never in `args`) and returns its
-/// JSON summary. Panics, with the script's output and the agent's log, unless the script exited
-/// 0 within [`SCRIPT_TIMEOUT`] and its summary says `"ok": true`.
-pub fn run_script(agent: &Agent, script: &str, args: &[&str], envs: &[(&str, &str)]) -> Value {
+/// Logs in for the script and runs `tests/ui/<script> <login link> <args> --out
+/// tests/artifacts/<out>` on the pinned Node 22 (working directory: the repository root; `envs`
+/// added to its environment: secrets go there, never in `args`), returning its JSON summary.
+/// Panics, with the script's output and the agent's log, unless the script exited 0 within
+/// [`SCRIPT_TIMEOUT`] and its summary says `"ok": true`.
+pub fn run_script(
+    agent: &Agent,
+    script: &str,
+    out: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Value {
+    let url = login_url(agent);
     let node = NodeTools::locate();
     let mut cmd = node.command(&ui_dir().join(script));
-    cmd.current_dir(repo_root()).args(args);
+    cmd.current_dir(repo_root())
+        .arg(url)
+        .args(args)
+        .arg("--out")
+        .arg(repo_root().join("tests/artifacts").join(out));
     for (k, v) in envs {
         cmd.env(k, v);
     }

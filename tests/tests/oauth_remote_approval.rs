@@ -14,9 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use airlock_e2e::oauth::{base64url, pct};
 use airlock_e2e::relay::{client_trusting, inner_tls};
-use airlock_e2e::{
-    Agent, NodeTools, TestHome, raw_http, repo_root, run_with_timeout, venv_bin, wait_for,
-};
+use airlock_e2e::{Agent, browser, raw_http, wait_for};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -209,13 +207,7 @@ struct Opened {
 }
 
 fn world() -> World {
-    let home = TestHome::new();
-    let cfg = json!({"mcpServers": {"time": {
-        "command": venv_bin("mcp-server-time"), "args": ["--local-timezone", "UTC"]}}});
-    home.write(
-        ".config/Claude/claude_desktop_config.json",
-        &cfg.to_string(),
-    );
+    let home = browser::time_servers_home(&[("time", &["--local-timezone", "UTC"])]);
     home.write_airlock_config(
         "[discovery]\nprobe_running = false\n\n[oauth]\nremote_approval = true\n",
     );
@@ -497,64 +489,17 @@ fn a_browser_elsewhere_opens_the_relay_page_and_the_person_confirms_its_code() {
     w.finish(&o);
 }
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-
 #[test]
 fn the_web_ui_asks_for_the_code_and_shows_a_wrong_one_refused() {
-    let ui = repo_root().join("tests/ui");
-    assert!(
-        std::path::Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: run `scripts/test` once (it runs `apt-get install chromium`)"
-    );
-    assert!(
-        ui.join("node_modules/playwright-core/package.json")
-            .is_file(),
-        "tests/ui/node_modules is missing: run `scripts/test` once (it runs `npm ci` in tests/ui)"
-    );
+    browser::require_tools();
     let w = world();
     let o = w.open();
-    let login = w.agent.cli(&["ui", "--print"]);
-    login.assert_success("airlock ui --print");
-    let url = login
-        .stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    let artifacts = repo_root().join("tests/artifacts/ui-remote-approval");
-    let mut cmd = NodeTools::locate().command(&ui.join("remote-approval.test.mjs"));
-    cmd.current_dir(repo_root())
-        .args([
-            url.as_str(),
-            "--id",
-            o.id.as_str(),
-            "--out",
-            artifacts.to_string_lossy().as_ref(),
-        ])
-        .env("AIRLOCK_TEST_CONFIRM_CODE", &o.code);
-    let run = run_with_timeout(cmd, Duration::from_secs(300));
-    eprintln!("--- remote-approval.test.mjs stderr\n{}", run.stderr);
-    let summary: Value = serde_json::from_str(
-        run.stdout
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'))
-            .unwrap_or_default(),
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "remote-approval.test.mjs printed no JSON summary ({e}; code {:?}):\n{}",
-            run.code, run.stdout
-        )
-    });
-    println!("remote-approval.test.mjs summary: {summary}");
-    assert!(
-        run.code == Some(0) && summary["ok"] == true,
-        "remote-approval.test.mjs failed: {}\n--- agent stderr\n{}",
-        summary["failures"],
-        w.agent.stderr_log()
+    let summary = browser::run_script(
+        &w.agent,
+        "remote-approval.test.mjs",
+        "ui-remote-approval",
+        &["--id", o.id.as_str()],
+        &[("AIRLOCK_TEST_CONFIRM_CODE", o.code.as_str())],
     );
     assert!(
         summary["wrong_code_message"]

@@ -5,53 +5,25 @@
 //! visits every view and proves script-bearing server names stay text. Screenshots land in
 //! `tests/artifacts/ui/`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use airlock_e2e::{
-    Agent, NodeTools, TestHome, raw_http, repo_root, run_with_timeout, split_url, venv_bin,
-};
+use airlock_e2e::{Agent, TestHome, browser, raw_http, split_url};
 use serde_json::{Value, json};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
 const XSS_IMG: &str = r#"<img src=x onerror="window.__xss=1">"#;
 const XSS_SCRIPT: &str = r#""><script>window.__xss=2</script>"#;
-
-fn ui_test_dir() -> PathBuf {
-    repo_root().join("tests/ui")
-}
-
-/// Fails (never skips) when the browser or the npm driver is missing.
-fn require_browser_tools() {
-    assert!(
-        std::path::Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: run `scripts/test` once (it runs `apt-get install chromium`)"
-    );
-    let pw = ui_test_dir().join("node_modules/playwright-core/package.json");
-    assert!(
-        pw.is_file(),
-        "{} is missing: run `scripts/test` once (it runs `npm ci` in tests/ui)",
-        pw.display()
-    );
-}
 
 /// A home whose Claude Desktop config holds the real `time` server and two servers whose
 /// names are markup, next to a Cursor config that does not parse.
 fn home() -> TestHome {
-    let home = TestHome::new();
-    let time = venv_bin("mcp-server-time");
-    let cfg = json!({
-        "mcpServers": {
-            "time": { "command": time, "args": ["--local-timezone", "UTC"] },
-            XSS_IMG: { "command": time, "args": ["--local-timezone", "Europe/Paris"] },
-            XSS_SCRIPT: { "command": time, "args": ["--local-timezone", "Asia/Tokyo", "\"><b>x</b>"] }
-        }
-    });
-    home.write(
-        ".config/Claude/claude_desktop_config.json",
-        &serde_json::to_string_pretty(&cfg).expect("serialize config"),
-    );
+    let home = browser::time_servers_home(&[
+        ("time", &["--local-timezone", "UTC"]),
+        (XSS_IMG, &["--local-timezone", "Europe/Paris"]),
+        (
+            XSS_SCRIPT,
+            &["--local-timezone", "Asia/Tokyo", "\"><b>x</b>"],
+        ),
+    ]);
     home.write(
         ".cursor/mcp.json",
         "{\n  \"mcpServers\": {\n    \"broken\": { \"command\": \"x\" }\n    \"next\": {}\n  }\n}\n",
@@ -59,65 +31,9 @@ fn home() -> TestHome {
     home
 }
 
-/// `airlock ui --print`: a one-time login link on the agent's API origin.
-fn login_url(agent: &Agent) -> String {
-    let info = agent.info();
-    let out = agent.cli(&["ui", "--print"]);
-    out.assert_success("airlock ui --print");
-    let url = out
-        .stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    assert!(
-        url.starts_with(&format!("{}/#code=", info.api_url.trim_end_matches('/'))),
-        "`airlock ui --print` must print {}/#code=…, printed {:?}",
-        info.api_url,
-        out.stdout
-    );
-    url
-}
-
-/// Runs `tests/ui/<script> <args>` on the pinned Node 22 and returns its JSON summary,
-/// panicking (with the script's log and the agent's) unless it passed.
-fn run_ui_script(agent: &Agent, script: &str, args: &[&str]) -> Value {
-    let node = NodeTools::locate();
-    let mut cmd = node.command(&ui_test_dir().join(script));
-    cmd.current_dir(repo_root()).args(args);
-    let run = run_with_timeout(cmd, BROWSER_TIMEOUT);
-    eprintln!("--- {script} stderr\n{}", run.stderr);
-    let summary: Value = serde_json::from_str(
-        run.stdout
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'))
-            .unwrap_or_default(),
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "{script} printed no JSON summary ({e}; code {:?}, timed out {}):\n--- stdout\n{}\n--- agent stderr\n{}",
-            run.code,
-            run.timed_out,
-            run.stdout,
-            agent.stderr_log()
-        )
-    });
-    println!("{script} summary: {summary}");
-    assert!(
-        run.code == Some(0) && summary["ok"] == true,
-        "{script} failed (code {:?}): {}",
-        run.code,
-        summary["failures"]
-    );
-    summary
-}
-
 #[test]
 fn browser_logs_in_exposes_copies_and_never_runs_server_names() {
-    require_browser_tools();
+    browser::require_tools();
     let agent = Agent::start(home());
     for name in ["time", XSS_IMG, XSS_SCRIPT] {
         agent.wait_server(name, Duration::from_secs(30));
@@ -153,13 +69,11 @@ fn browser_logs_in_exposes_copies_and_never_runs_server_names() {
         index.body
     );
 
-    let url = login_url(&agent);
-    let artifacts = repo_root().join("tests/artifacts/ui");
-    let summary = run_ui_script(
+    let summary = browser::run_script(
         &agent,
         "web-ui.test.mjs",
+        "ui",
         &[
-            url.as_str(),
             "--expose",
             "time",
             "--xss-name",
@@ -168,9 +82,8 @@ fn browser_logs_in_exposes_copies_and_never_runs_server_names() {
             XSS_SCRIPT,
             "--diagnostic",
             ".cursor/mcp.json",
-            "--out",
-            artifacts.to_string_lossy().as_ref(),
         ],
+        &[],
     );
 
     // What the browser saw and copied, against the agent's own answers.
@@ -197,15 +110,7 @@ fn browser_logs_in_exposes_copies_and_never_runs_server_names() {
         ],
         "{summary}"
     );
-    for shot in summary["screenshots"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        let p = PathBuf::from(shot.as_str().unwrap_or_default());
-        let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-        assert!(len > 1000, "screenshot {} is missing or empty", p.display());
-    }
+    browser::assert_screenshots(&summary, 1000);
 
     let time = agent.cli_json(&["url", "time", "--json"]);
     let local = time["url"].as_str().unwrap_or_default();
@@ -259,17 +164,8 @@ const DOMAIN: &str = "abcd1234.tunnel.example";
 
 #[test]
 fn tunnel_view_shows_the_ca_and_tunnel_urls_the_cli_reports() {
-    require_browser_tools();
-    let home = TestHome::new();
-    let cfg = json!({
-        "mcpServers": {
-            "time": { "command": venv_bin("mcp-server-time"), "args": ["--local-timezone", "UTC"] }
-        }
-    });
-    home.write(
-        ".config/Claude/claude_desktop_config.json",
-        &serde_json::to_string_pretty(&cfg).expect("serialize config"),
-    );
+    browser::require_tools();
+    let home = browser::time_servers_home(&[("time", &["--local-timezone", "UTC"])]);
     home.write_airlock_config(&format!(
         "[discovery]\nprobe_running = false\n\n[keystore]\nbackend = \"file\"\n\n\
          [anthropic]\ntunnel_domain = \"{DOMAIN}\"\nlisten_addr = \"127.0.0.1:0\"\n"
@@ -280,20 +176,12 @@ fn tunnel_view_shows_the_ca_and_tunnel_urls_the_cli_reports() {
         .cli(&["expose", "time", "--yes", "--hostname", "time"])
         .assert_success("airlock expose time");
 
-    let url = login_url(&agent);
-    let artifacts = repo_root().join("tests/artifacts/ui");
-    let summary = run_ui_script(
+    let summary = browser::run_script(
         &agent,
         "tunnel-view.test.mjs",
-        &[
-            url.as_str(),
-            "--domain",
-            DOMAIN,
-            "--server",
-            "time",
-            "--out",
-            artifacts.to_string_lossy().as_ref(),
-        ],
+        "ui",
+        &["--domain", DOMAIN, "--server", "time"],
+        &[],
     );
 
     let status = agent.cli_json(&["status", "--json"]);

@@ -5,57 +5,16 @@
 //! echoed by the API, the page or the agent's log), and an MCP call shows up in the open Audit
 //! view without a reload. Screenshots land in `tests/artifacts/ui-admin/`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use airlock_e2e::{Agent, NodeTools, TestHome, repo_root, run_with_timeout, venv_bin, wait_for};
+use airlock_e2e::{Agent, TestHome, browser, wait_for};
 use serde_json::{Value, json};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
 const CF_TOKEN: &str = "eyJhIjoiY2YtdGVzdC10b2tlbi1mb3ItdGhlLXVpIn0";
 const ENV_KEY: &str = "envkey_ui_admin_8c1f0e5a2b7d4c39";
 
-fn ui_test_dir() -> PathBuf {
-    repo_root().join("tests/ui")
-}
-
-fn require_browser_tools() {
-    assert!(
-        std::path::Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: run `scripts/test` once (it runs `apt-get install chromium`)"
-    );
-    let pw = ui_test_dir().join("node_modules/playwright-core/package.json");
-    assert!(
-        pw.is_file(),
-        "{} is missing: run `scripts/test` once (it runs `npm ci` in tests/ui)",
-        pw.display()
-    );
-}
-
 fn home() -> TestHome {
-    let home = TestHome::new();
-    let time = venv_bin("mcp-server-time");
-    let cfg = json!({
-        "mcpServers": { "time": { "command": time, "args": ["--local-timezone", "UTC"] } }
-    });
-    home.write(
-        ".config/Claude/claude_desktop_config.json",
-        &serde_json::to_string_pretty(&cfg).expect("serialize config"),
-    );
-    home
-}
-
-fn login_url(agent: &Agent) -> String {
-    let out = agent.cli(&["ui", "--print"]);
-    out.assert_success("airlock ui --print");
-    out.stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    browser::time_servers_home(&[("time", &["--local-timezone", "UTC"])])
 }
 
 fn active_fingerprint(list: &Value) -> String {
@@ -71,7 +30,7 @@ fn active_fingerprint(list: &Value) -> String {
 
 #[test]
 fn browser_rotates_the_ca_stores_secrets_and_sees_audit_live() {
-    require_browser_tools();
+    browser::require_tools();
     let agent = Agent::start(home());
     agent.wait_server("time", Duration::from_secs(30));
     let exposed = agent.expose("time");
@@ -84,50 +43,24 @@ fn browser_rotates_the_ca_stores_secrets_and_sees_audit_live() {
     let status = agent.cli_json(&["status", "--json"]);
     assert_eq!(status["cloudflared_token_stored"], false, "{status}");
 
-    let url = login_url(&agent);
-    let artifacts = repo_root().join("tests/artifacts/ui-admin");
-    let node = NodeTools::locate();
-    let mut cmd = node.command(&ui_test_dir().join("admin.test.mjs"));
-    cmd.current_dir(repo_root()).args([
-        url.as_str(),
-        "--mcp-url",
-        exposed.url.as_str(),
-        "--base-url",
-        "http://127.0.0.1:9",
-        "--environment-id",
-        "env_ui_admin",
-        "--out",
-        artifacts.to_string_lossy().as_ref(),
-    ]);
-    // Secrets in the environment, never argv.
-    cmd.env("AIRLOCK_TEST_CF_TOKEN", CF_TOKEN)
-        .env("AIRLOCK_TEST_ENV_KEY", ENV_KEY)
-        .env("AIRLOCK_TEST_MCP_TOKEN", &exposed.token);
-    let run = run_with_timeout(cmd, BROWSER_TIMEOUT);
-    eprintln!("--- admin.test.mjs stderr\n{}", run.stderr);
-    let summary: Value = serde_json::from_str(
-        run.stdout
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'))
-            .unwrap_or_default(),
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "admin.test.mjs printed no JSON summary ({e}; code {:?}, timed out {}):\n--- stdout\n{}\n--- agent stderr\n{}",
-            run.code,
-            run.timed_out,
-            run.stdout,
-            agent.stderr_log()
-        )
-    });
-    println!("admin.test.mjs summary: {summary}");
-    assert!(
-        run.code == Some(0) && summary["ok"] == true,
-        "admin.test.mjs failed (code {:?}): {}\n--- agent stderr\n{}",
-        run.code,
-        summary["failures"],
-        agent.stderr_log()
+    let summary = browser::run_script(
+        &agent,
+        "admin.test.mjs",
+        "ui-admin",
+        &[
+            "--mcp-url",
+            exposed.url.as_str(),
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--environment-id",
+            "env_ui_admin",
+        ],
+        // Secrets in the environment, never argv.
+        &[
+            ("AIRLOCK_TEST_CF_TOKEN", CF_TOKEN),
+            ("AIRLOCK_TEST_ENV_KEY", ENV_KEY),
+            ("AIRLOCK_TEST_MCP_TOKEN", exposed.token.as_str()),
+        ],
     );
 
     // CA: the page's before/after agree with `airlock ca list`; the old CA stays listed as previous.

@@ -8,104 +8,22 @@
 //! session on a real work queue (`airlock relay --api`) shows up live with its tool calls. No name
 //! ever becomes markup or runs. Screenshots land in `tests/artifacts/ui-views/`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use airlock_e2e::{
-    Agent, KillOnDrop, NodeTools, TestHome, free_port, repo_root, run_with_timeout, venv_bin,
-};
-use serde_json::{Value, json};
+use airlock_e2e::queue::{Queue, sandbox_login};
+use airlock_e2e::{Agent, TestHome, browser};
+use serde_json::json;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
 const XSS_SERVER: &str = r#"<img src=x onerror="window.__xss=1">"#;
 const XSS_CLIENT: &str = r#""><script>window.__xss=2</script><b>Claude</b>"#;
 
-fn ui_test_dir() -> PathBuf {
-    repo_root().join("tests/ui")
-}
-
-fn require_browser_tools() {
-    assert!(
-        std::path::Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: run `scripts/test` once (it runs `apt-get install chromium`)"
-    );
-    let pw = ui_test_dir().join("node_modules/playwright-core/package.json");
-    assert!(
-        pw.is_file(),
-        "{} is missing: run `scripts/test` once (it runs `npm ci` in tests/ui)",
-        pw.display()
-    );
-}
-
 fn home() -> TestHome {
-    let home = TestHome::new();
-    let time = venv_bin("mcp-server-time");
-    let cfg = json!({
-        "mcpServers": {
-            XSS_SERVER: { "command": time, "args": ["--local-timezone", "UTC"] }
-        }
-    });
-    home.write(
-        ".config/Claude/claude_desktop_config.json",
-        &serde_json::to_string_pretty(&cfg).expect("serialize config"),
-    );
-    home
-}
-
-fn login_url(agent: &Agent) -> String {
-    let out = agent.cli(&["ui", "--print"]);
-    out.assert_success("airlock ui --print");
-    out.stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
-fn run_ui_script(agent: &Agent, args: &[&str], envs: &[(&str, &str)]) -> Value {
-    let node = NodeTools::locate();
-    let mut cmd = node.command(&ui_test_dir().join("views.test.mjs"));
-    cmd.current_dir(repo_root()).args(args);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let run = run_with_timeout(cmd, BROWSER_TIMEOUT);
-    eprintln!("--- views.test.mjs stderr\n{}", run.stderr);
-    let summary: Value = serde_json::from_str(
-        run.stdout
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'))
-            .unwrap_or_default(),
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "views.test.mjs printed no JSON summary ({e}; code {:?}, timed out {}):\n--- stdout\n{}\n--- agent stderr\n{}",
-            run.code,
-            run.timed_out,
-            run.stdout,
-            agent.stderr_log()
-        )
-    });
-    println!("views.test.mjs summary: {summary}");
-    assert!(
-        run.code == Some(0) && summary["ok"] == true,
-        "views.test.mjs failed (code {:?}): {}\n--- agent stderr\n{}",
-        run.code,
-        summary["failures"],
-        agent.stderr_log()
-    );
-    summary
+    browser::time_servers_home(&[(XSS_SERVER, &["--local-timezone", "UTC"])])
 }
 
 #[test]
 fn browser_approves_denies_revokes_mints_and_names_stay_inert() {
-    require_browser_tools();
+    browser::require_tools();
     let agent = Agent::start(home());
     let server = agent.wait_server(XSS_SERVER, Duration::from_secs(30));
     let id = server["id"]
@@ -114,19 +32,11 @@ fn browser_approves_denies_revokes_mints_and_names_stay_inert() {
         .to_string();
     agent.expose(&id);
 
-    let url = login_url(&agent);
-    let artifacts = repo_root().join("tests/artifacts/ui-views");
-    let summary = run_ui_script(
+    let summary = browser::run_script(
         &agent,
-        &[
-            url.as_str(),
-            "--server",
-            XSS_SERVER,
-            "--client-name",
-            XSS_CLIENT,
-            "--out",
-            artifacts.to_string_lossy().as_ref(),
-        ],
+        "views.test.mjs",
+        "ui-views",
+        &["--server", XSS_SERVER, "--client-name", XSS_CLIENT],
         &[],
     );
 
@@ -161,73 +71,17 @@ fn browser_approves_denies_revokes_mints_and_names_stay_inert() {
         text.contains("revoked_ms"),
         "`airlock clients --json` should list the revoked grant: {clients}"
     );
-    for shot in summary["screenshots"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        let p = PathBuf::from(shot.as_str().unwrap_or_default());
-        let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-        assert!(
-            len > 5_000,
-            "screenshot {} is missing or empty",
-            p.display()
-        );
-    }
-}
-
-/// `airlock relay --api` on loopback: a real environments work queue for the worker to poll.
-fn start_queue(home: &TestHome, state: &str, port: u16) -> KillOnDrop {
-    let mut cmd = home.airlock();
-    cmd.args([
-        "--log-format",
-        "json",
-        "relay",
-        "--api",
-        &format!("127.0.0.1:{port}"),
-        "--state",
-        state,
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut child = KillOnDrop(cmd.spawn().expect("spawn airlock relay --api"));
-    let stderr = child.0.stderr.take().expect("relay stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let started = Instant::now();
-    let mut log = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(l) if l.contains("work queue API ready") => break,
-            Ok(l) => log.push(l),
-            Err(_) => {}
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "relay --api did not start: {log:?}"
-        );
-    }
-    // Keep draining so the queue never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    child
+    browser::assert_screenshots(&summary, 5_000);
 }
 
 #[test]
 fn browser_toggles_the_sandbox_and_the_api_follows() {
-    require_browser_tools();
+    browser::require_tools();
     let home = home();
-    let state = home.scratch().join("queue-state");
-    let state_s = state.to_string_lossy().to_string();
-    let port = free_port();
-    let _queue = start_queue(&home, &state_s, port);
-    let env = home.cli(&[
-        "relay", "env", "create", "--name", "ui", "--state", &state_s,
-    ]);
+    // `airlock relay --api` on loopback: a real environments work queue for the worker to poll.
+    let queue = Queue::start(&home);
+    let state = queue.state.to_string_lossy().into_owned();
+    let env = home.cli(&["relay", "env", "create", "--name", "ui", "--state", &state]);
     env.assert_success("airlock relay env create");
     let env = env.json();
     let env_id = env["environment_id"]
@@ -242,48 +96,20 @@ fn browser_toggles_the_sandbox_and_the_api_follows() {
     assert!(!env_id.is_empty() && !env_key.is_empty(), "{env}");
 
     // The key goes in on stdin, as a person would pipe it.
-    let mut login = home.airlock();
-    login
-        .args([
-            "sandbox",
-            "login",
-            "--base-url",
-            &format!("http://127.0.0.1:{port}"),
-            "--environment-id",
-            &env_id,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = login.spawn().expect("spawn airlock sandbox login");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{env_key}\n").as_bytes())
-        .expect("write the key");
-    let out = child.wait_with_output().expect("airlock sandbox login");
-    assert!(
-        out.status.success(),
-        "airlock sandbox login: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sandbox_login(&home, &queue.base, &env_id, &env_key);
 
     let agent = Agent::start(home);
     agent.wait_server(XSS_SERVER, Duration::from_secs(30));
-    let url = login_url(&agent);
-    let artifacts = repo_root().join("tests/artifacts/ui-views");
-    let summary = run_ui_script(
+    let summary = browser::run_script(
         &agent,
+        "views.test.mjs",
+        "ui-views",
         &[
-            url.as_str(),
             "--sandbox",
             "--queue",
-            &format!("http://127.0.0.1:{port}"),
+            &queue.base,
             "--environment-id",
             &env_id,
-            "--out",
-            artifacts.to_string_lossy().as_ref(),
         ],
         // The queue's API key goes in the environment, never argv.
         &[("AIRLOCK_TEST_QUEUE_API_KEY", api_key.as_str())],
