@@ -17,7 +17,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { finish, launchBrowser, requireChromium, steps } from "./lib.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -41,36 +41,11 @@ if (!opts.url || !opts.mcpUrl || !opts.baseUrl || !opts.environmentId || !cfToke
   console.error("usage: AIRLOCK_TEST_CF_TOKEN=… AIRLOCK_TEST_ENV_KEY=… AIRLOCK_TEST_MCP_TOKEN=… admin.test.mjs <login url> --mcp-url URL --base-url URL --environment-id ID [--out DIR]");
   process.exit(2);
 }
-const CHROMIUM = process.env.AIRLOCK_E2E_CHROMIUM || "/usr/bin/chromium";
-if (!fs.existsSync(CHROMIUM)) {
-  console.error(`${CHROMIUM} is missing: run scripts/test (it installs Debian's chromium)`);
-  process.exit(3);
-}
+requireChromium();
 fs.mkdirSync(opts.out, { recursive: true });
 
 const summary = { ok: false, failures: [], ca: {}, token: {}, sandbox: {}, audit: {}, screenshots: [], console_errors: [] };
-let aborted = false;
-function fail(msg) {
-  summary.failures.push(msg);
-  console.error(`FAIL: ${msg}`);
-}
-function check(cond, msg) {
-  if (!cond) fail(msg);
-  return Boolean(cond);
-}
-async function step(name, fn, critical = false) {
-  if (aborted) {
-    console.error(`-- ${name}: skipped`);
-    return;
-  }
-  console.error(`-- ${name}`);
-  try {
-    await fn();
-  } catch (err) {
-    fail(`${name}: ${err && err.message ? err.message.split("\n")[0] : String(err)}`);
-    aborted = aborted || critical;
-  }
-}
+const { fail, check, step } = steps(summary);
 
 // One JSON-RPC request over Streamable HTTP; the answer may be JSON or one SSE event.
 async function mcp(body, session) {
@@ -86,11 +61,7 @@ async function mcp(body, session) {
   return { session: resp.headers.get("mcp-session-id") || session, text };
 }
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launchBrowser();
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, colorScheme: "dark" });
   context.setDefaultTimeout(30_000);
@@ -227,6 +198,4 @@ try {
 } finally {
   await browser.close();
 }
-summary.ok = summary.failures.length === 0;
-console.log(JSON.stringify(summary));
-process.exit(summary.ok ? 0 : 1);
+finish(summary);

@@ -9,7 +9,7 @@
 
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { finish, launchBrowser, steps } from "./lib.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -29,7 +29,6 @@ if (!opts.url || !/#code=/.test(opts.url) || !opts.id || !code) {
   console.error("usage: AIRLOCK_TEST_CONFIRM_CODE=XXXX-XXXX remote-approval.test.mjs <http://127.0.0.1:PORT/#code=…> --id ID [--out DIR]");
   process.exit(2);
 }
-const CHROMIUM = process.env.AIRLOCK_E2E_CHROMIUM || "/usr/bin/chromium";
 const STEP_TIMEOUT = 30_000;
 
 const summary = {
@@ -44,33 +43,9 @@ const summary = {
   screenshots: [],
   console_errors: [],
 };
-function fail(msg) {
-  summary.failures.push(msg);
-  console.error(`FAIL: ${msg}`);
-}
-function check(cond, msg) {
-  if (!cond) fail(msg);
-  return Boolean(cond);
-}
-let aborted = false;
-async function step(name, fn, critical = false) {
-  if (aborted) {
-    console.error(`-- ${name}: skipped`);
-    return;
-  }
-  console.error(`-- ${name}`);
-  try {
-    await fn();
-  } catch (err) {
-    fail(`${name}: ${err && err.message ? err.message.split("\n")[0] : String(err)}`);
-    aborted = aborted || critical;
-  }
-}
+const { fail, check, step } = steps(summary);
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launchBrowser();
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, colorScheme: "light" });
   context.setDefaultTimeout(STEP_TIMEOUT);
@@ -141,6 +116,4 @@ try {
 } finally {
   await browser.close();
 }
-summary.ok = summary.failures.length === 0;
-console.log(JSON.stringify(summary));
-process.exit(summary.ok ? 0 : 1);
+finish(summary);

@@ -12,7 +12,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { finish, launchBrowser, readClipboard, requireChromium, steps } from "./lib.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -32,53 +32,13 @@ if (!opts.url || !opts.domain || !opts.server) {
   console.error("usage: tunnel-view.test.mjs <http://127.0.0.1:PORT/#code=…> --domain DOMAIN --server NAME [--out DIR]");
   process.exit(2);
 }
-const CHROMIUM = process.env.AIRLOCK_E2E_CHROMIUM || "/usr/bin/chromium";
-if (!fs.existsSync(CHROMIUM)) {
-  console.error(`${CHROMIUM} is missing: run scripts/test (it installs Debian's chromium)`);
-  process.exit(3);
-}
+requireChromium();
 fs.mkdirSync(opts.out, { recursive: true });
 
 const summary = { ok: false, failures: [], tunnel: {}, clipboard: {}, screenshots: [], console_errors: [] };
-let aborted = false;
-function fail(msg) {
-  summary.failures.push(msg);
-  console.error(`FAIL: ${msg}`);
-}
-function check(cond, msg) {
-  if (!cond) fail(msg);
-  return Boolean(cond);
-}
-async function step(name, fn, critical = false) {
-  if (aborted) {
-    console.error(`-- ${name}: skipped`);
-    return;
-  }
-  console.error(`-- ${name}`);
-  try {
-    await fn();
-  } catch (err) {
-    fail(`${name}: ${err && err.message ? err.message.split("\n")[0] : String(err)}`);
-    aborted = aborted || critical;
-  }
-}
+const { fail, check, step } = steps(summary);
 
-// Reads the clipboard until it holds something (the Copy button may fetch the token first).
-async function readClipboard(page, timeoutMs = 30_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const text = await page.evaluate(() => navigator.clipboard.readText());
-    if (text !== "") return text;
-    if (Date.now() > deadline) throw new Error("nothing reached the clipboard");
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launchBrowser();
 try {
   const context = await browser.newContext({
     permissions: ["clipboard-read", "clipboard-write"],
@@ -152,6 +112,4 @@ try {
 } finally {
   await browser.close();
 }
-summary.ok = summary.failures.length === 0;
-console.log(JSON.stringify(summary));
-process.exit(summary.ok ? 0 : 1);
+finish(summary);

@@ -20,7 +20,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { finish, launchBrowser, requireChromium, steps } from "./lib.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -43,7 +43,6 @@ if (!opts.url || !/#code=/.test(opts.url) || !(opts.server || opts.sandbox)) {
   console.error("usage: views.test.mjs <http://127.0.0.1:PORT/#code=…> --server NAME [--client-name NAME] [--sandbox] [--out DIR]");
   process.exit(2);
 }
-const CHROMIUM = process.env.AIRLOCK_E2E_CHROMIUM || "/usr/bin/chromium";
 const STEP_TIMEOUT = 30_000;
 const REDIRECT = "http://127.0.0.1:9/callback";
 
@@ -69,28 +68,7 @@ const summary = {
   console_errors: [],
 };
 
-function fail(msg) {
-  summary.failures.push(msg);
-  console.error(`FAIL: ${msg}`);
-}
-function check(cond, msg) {
-  if (!cond) fail(msg);
-  return Boolean(cond);
-}
-let aborted = false;
-async function step(name, fn, critical = false) {
-  if (aborted) {
-    console.error(`-- ${name}: skipped`);
-    return;
-  }
-  console.error(`-- ${name}`);
-  try {
-    await fn();
-  } catch (err) {
-    fail(`${name}: ${err && err.message ? err.message.split("\n")[0] : String(err)}`);
-    aborted = aborted || critical;
-  }
-}
+const { fail, check, step } = steps(summary);
 function watch(page, label) {
   page.on("console", (msg) => {
     const text = msg.text();
@@ -230,15 +208,9 @@ async function runSession(page) {
 // --- the browser ------------------------------------------------------------------------------
 
 fs.mkdirSync(opts.out, { recursive: true });
-if (!fs.existsSync(CHROMIUM)) {
-  console.error(`${CHROMIUM} is missing: run scripts/test (it installs Debian's chromium)`);
-  process.exit(3);
-}
+requireChromium();
 const origin = new URL(opts.url).origin;
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launchBrowser();
 try {
   const context = await browser.newContext({ permissions: ["clipboard-read", "clipboard-write"], viewport: { width: 1280, height: 900 }, colorScheme: "light" });
   context.setDefaultTimeout(STEP_TIMEOUT);
@@ -473,6 +445,4 @@ try {
 } finally {
   await browser.close();
 }
-summary.ok = summary.failures.length === 0;
-console.log(JSON.stringify(summary));
-process.exit(summary.ok ? 0 : 1);
+finish(summary);
