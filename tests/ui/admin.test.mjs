@@ -17,7 +17,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { finish, launchBrowser, requireChromium, steps } from "./lib.mjs";
+import { finish, launchBrowser, requireChromium, steps, watchConsole } from "./lib.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -66,12 +66,7 @@ try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, colorScheme: "dark" });
   context.setDefaultTimeout(30_000);
   const page = await context.newPage();
-  page.on("console", (msg) => {
-    if (summary.console_errors.length < 20 && (msg.type() === "error" || /Content Security Policy|Refused to/i.test(msg.text()))) {
-      summary.console_errors.push(msg.text());
-    }
-  });
-  page.on("pageerror", (err) => summary.console_errors.push(`uncaught ${err.message}`));
+  watchConsole(page, summary);
   let loads = 0;
   page.on("load", () => {
     loads += 1;

@@ -53,6 +53,26 @@ export function steps(summary) {
   return { fail, check, step };
 }
 
+// Records in `summary.console_errors` what the page logs as an error or a CSP refusal (the page
+// tried to run or load something inline or foreign), at most 20 of those, and every uncaught
+// exception, each prefixed with `label: ` when there is a label. Chromium logs every non-2xx
+// fetch: `expectedStatuses` are answers the page handles (the steps check what it shows).
+export function watchConsole(page, summary, { label = null, expectedStatuses = [] } = {}) {
+  const prefix = label === null ? "" : `${label}: `;
+  const expected = expectedStatuses.length === 0
+    ? null
+    : new RegExp(`Failed to load resource: the server responded with a status of (${expectedStatuses.join("|")})\\b`);
+  page.on("console", (msg) => {
+    const text = msg.text();
+    if (summary.console_errors.length >= 20) return;
+    if (msg.type() === "error" || /Content Security Policy|Refused to/i.test(text)) {
+      if (expected && expected.test(text)) return;
+      summary.console_errors.push(`${prefix}${text}`);
+    }
+  });
+  page.on("pageerror", (err) => summary.console_errors.push(`${prefix}uncaught ${err.message}`));
+}
+
 // Reads the clipboard until it holds something (the Copy button may fetch the token first).
 export async function readClipboard(page, timeoutMs = 30_000) {
   const deadline = Date.now() + timeoutMs;

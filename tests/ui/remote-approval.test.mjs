@@ -9,7 +9,7 @@
 
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { finish, launchBrowser, steps } from "./lib.mjs";
+import { finish, launchBrowser, steps, watchConsole } from "./lib.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -50,16 +50,8 @@ try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, colorScheme: "light" });
   context.setDefaultTimeout(STEP_TIMEOUT);
   const page = await context.newPage();
-  page.on("console", (msg) => {
-    const text = msg.text();
-    if (summary.console_errors.length >= 20) return;
-    if (msg.type() === "error" || /Content Security Policy|Refused to/i.test(text)) {
-      // The refused approval (422) is expected once.
-      if (/Failed to load resource: the server responded with a status of (401|422)\b/.test(text)) return;
-      summary.console_errors.push(text);
-    }
-  });
-  page.on("pageerror", (err) => summary.console_errors.push(`uncaught ${err.message}`));
+  // The refused approval (422) is expected once.
+  watchConsole(page, summary, { expectedStatuses: [401, 422] });
   const shot = async (name) => {
     const file = path.join(opts.out, `${name}.png`);
     await page.screenshot({ path: file, fullPage: true });

@@ -12,7 +12,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { finish, launchBrowser, readClipboard, requireChromium, steps } from "./lib.mjs";
+import { finish, launchBrowser, readClipboard, requireChromium, steps, watchConsole } from "./lib.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -47,12 +47,7 @@ try {
   });
   context.setDefaultTimeout(30_000);
   const page = await context.newPage();
-  page.on("console", (msg) => {
-    if (summary.console_errors.length < 20 && (msg.type() === "error" || /Content Security Policy|Refused to/i.test(msg.text()))) {
-      summary.console_errors.push(msg.text());
-    }
-  });
-  page.on("pageerror", (err) => summary.console_errors.push(`uncaught ${err.message}`));
+  watchConsole(page, summary);
   const shot = async (name) => {
     const file = path.join(opts.out, `${name}.png`);
     await page.screenshot({ path: file, fullPage: true });

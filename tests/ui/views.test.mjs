@@ -20,7 +20,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { finish, launchBrowser, requireChromium, steps } from "./lib.mjs";
+import { finish, launchBrowser, requireChromium, steps, watchConsole } from "./lib.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -70,15 +70,7 @@ const summary = {
 
 const { fail, check, step } = steps(summary);
 function watch(page, label) {
-  page.on("console", (msg) => {
-    const text = msg.text();
-    if (summary.console_errors.length >= 20) return;
-    if (msg.type() === "error" || /Content Security Policy|Refused to/i.test(text)) {
-      if (/Failed to load resource: the server responded with a status of (401|409)\b/.test(text)) return;
-      summary.console_errors.push(`${label}: ${text}`);
-    }
-  });
-  page.on("pageerror", (err) => summary.console_errors.push(`${label}: uncaught ${err.message}`));
+  watchConsole(page, summary, { label, expectedStatuses: [401, 409] });
 }
 
 // --- the OAuth client (plain fetch, no browser) -----------------------------------------------

@@ -14,7 +14,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { finish, launchBrowser, readClipboard, requireChromium, steps } from "./lib.mjs";
+import { finish, launchBrowser, readClipboard, requireChromium, steps, watchConsole } from "./lib.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -58,19 +58,9 @@ const summary = {
 const origin = new URL(opts.url).origin;
 
 const { fail, check, step } = steps(summary);
+// The sign-in probe's 401 and the refused hostname's 422 are answers the page handles.
 function watch(page, label) {
-  page.on("console", (msg) => {
-    const text = msg.text();
-    if (summary.console_errors.length >= 20) return;
-    // A CSP refusal means the page tried to run or load something inline or foreign.
-    if (msg.type() === "error" || /Content Security Policy|Refused to/i.test(text)) {
-      // Chromium logs every non-2xx fetch: the sign-in probe's 401 and the refused hostname's
-      // 422 are answers the page handles (and the steps check what it shows).
-      if (/Failed to load resource: the server responded with a status of (401|422)\b/.test(text)) return;
-      summary.console_errors.push(`${label}: ${text}`);
-    }
-  });
-  page.on("pageerror", (err) => summary.console_errors.push(`${label}: uncaught ${err.message}`));
+  watchConsole(page, summary, { label, expectedStatuses: [401, 422] });
 }
 
 fs.mkdirSync(opts.out, { recursive: true });
