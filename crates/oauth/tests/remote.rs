@@ -481,13 +481,7 @@ async fn five_wrong_codes_deny_the_request() {
     for left in (1..MAX_WRONG_CODES).rev() {
         let e = h
             .server
-            .decide(
-                &id,
-                Decision::Approve {
-                    tools: None,
-                    code: Some(wrong.into()),
-                },
-            )
+            .decide(&id, approve_with_code(wrong))
             .await
             .unwrap_err();
         match e {
@@ -497,13 +491,7 @@ async fn five_wrong_codes_deny_the_request() {
     }
     let e = h
         .server
-        .decide(
-            &id,
-            Decision::Approve {
-                tools: None,
-                code: Some(wrong.into()),
-            },
-        )
+        .decide(&id, approve_with_code(wrong))
         .await
         .unwrap_err();
     assert!(matches!(e, Error::TooManyWrongCodes(_)), "{e:?}");
@@ -518,13 +506,7 @@ async fn five_wrong_codes_deny_the_request() {
     // Even the right code cannot approve it now.
     let e = h
         .server
-        .decide(
-            &id,
-            Decision::Approve {
-                tools: None,
-                code: Some(code.clone()),
-            },
-        )
+        .decide(&id, approve_with_code(code.clone()))
         .await
         .unwrap_err();
     assert!(matches!(e, Error::AlreadyDecided(_)), "{e:?}");
@@ -649,13 +631,7 @@ async fn loopback_approvals_are_unchanged_with_remote_approval_on() {
     let _ = browser.get(&format!("{}?{q}", h.authorize_url())).await;
     let a = only_pending(&h);
     h.server
-        .decide(
-            &a.id,
-            Decision::Approve {
-                tools: None,
-                code: Some("whatever".into()),
-            },
-        )
+        .decide(&a.id, approve_with_code("whatever"))
         .await
         .unwrap();
 }

@@ -659,6 +659,14 @@ pub fn approve_all() -> Decision {
     }
 }
 
+/// Approve everything asked for, confirming a remote request with `code`.
+pub fn approve_with_code(code: impl Into<String>) -> Decision {
+    Decision::Approve {
+        tools: None,
+        code: Some(code.into()),
+    }
+}
+
 pub fn pkce() -> (String, String) {
     let (challenge, verifier) = oauth2::PkceCodeChallenge::new_random_sha256();
     (verifier.secret().clone(), challenge.as_str().to_owned())
