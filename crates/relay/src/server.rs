@@ -590,22 +590,26 @@ async fn serve_agent(
     };
     let domain = state.auth.tunnel_domain(&claims.tunnel_id);
     let session: [u8; 16] = rand::rng().random();
-    let handle = match pending.accept(&domain, session) {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::info!(agent = %peer, error = %e, "agent vanished during the handshake");
-            return;
-        }
-    };
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-    {
+    let handle = {
+        // Accepted and registered under one lock: the agent learns it is connected from the
+        // accept, and a public connection it then expects to be routed must find it.
         let mut t = lock(&state.tunnels);
+        let handle = match pending.accept(&domain, session) {
+            Ok(h) => h,
+            Err(e) => {
+                drop(t);
+                tracing::info!(agent = %peer, error = %e, "agent vanished during the handshake");
+                return;
+            }
+        };
         t.entry(domain.clone()).or_default().push(Agent {
             id,
             jti: claims.jti.clone(),
             handle: handle.clone(),
         });
-    }
+        handle
+    };
     if state.shutting_down.load(Ordering::SeqCst) {
         handle.go_away("relay shutting down");
     }
